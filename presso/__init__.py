@@ -1,0 +1,28 @@
+"""Presso: a compiler that makes neural networks smaller and faster, and shows its work.
+
+The four verbs: transform (``PassManager``), compile (``compile``), inspect (``inspect``) and
+measure (``bench``). Import what you need from here.
+"""
+
+from .ir import (
+    BackendError,
+    CalibrationError,
+    Model,
+    ModelLoadError,
+    PassError,
+    PipelineError,
+    PressoError,
+    UnsupportedOpError,
+    evaluate,
+    load,
+    save,
+)
+from .passes import Pass, PassContext, PassManager, PassResult, register_pass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError", "CalibrationError", "Model", "ModelLoadError", "Pass", "PassContext", "PassError",
+    "PassManager", "PassResult", "PipelineError", "PressoError", "UnsupportedOpError", "__version__",
+    "evaluate", "load", "register_pass", "save",
+]

@@ -1,0 +1,180 @@
+"""Input data for verification, calibration and evaluation.
+
+A data source is a ``.npz`` file (one array per model input, leading sample axis), a folder
+of ``.npz``/``.npy`` files, or any Python iterable of ``{input name: array}`` feeds. Samples
+are streamed, never all loaded at once, so memory does not grow with the sample count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CalibrationError
+from .model import Model
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass
+class DataSource:
+    """Streams model-ready feeds from a file, a folder or an iterable."""
+
+    source: Any
+    input_names: list[str]
+    input_ranks: dict[str, int | None]
+
+    @classmethod
+    def open(cls, source: Any, model: Model) -> DataSource:
+        if isinstance(source, DataSource):
+            return source
+        if source is None:
+            raise CalibrationError("no data was given", hint="pass a .npz file, a folder of .npy/.npz files, "
+                                   "or an iterable of {input name: array} dicts")
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.exists():
+                raise CalibrationError("data path does not exist", where=str(path))
+            if path.is_dir() and not _data_files(path):
+                raise CalibrationError("data folder holds no .npz or .npy files", where=str(path))
+            if path.is_file() and path.suffix not in (".npz", ".npy"):
+                raise CalibrationError(f"unsupported data file type '{path.suffix}'", where=str(path),
+                                       hint="use .npz (one array per input) or .npy")
+        ranks = {t.name: (len(t.shape) if t.shape is not None else None) for t in model.graph.inputs}
+        return cls(source, [t.name for t in model.graph.inputs], ranks)
+
+    def __iter__(self) -> Iterator[Feed]:
+        return self.feeds()
+
+    def feeds(self, batch: int = 1, limit: int | None = None) -> Iterator[Feed]:
+        """Model-ready feeds of up to ``batch`` samples each, ``limit`` samples in total."""
+        produced = 0
+        empty = True
+        for chunk in self._chunks():
+            count = _sample_count(chunk)
+            for start in range(0, count, batch):
+                if limit is not None and produced >= limit:
+                    return
+                stop = min(start + batch, count)
+                if limit is not None:
+                    stop = min(stop, start + limit - produced)
+                feed = {k: v[start:stop] for k, v in chunk.items()}
+                produced += stop - start
+                empty = False
+                yield feed
+        if empty:
+            raise CalibrationError("the data source holds no samples",
+                                   where=str(self.source) if isinstance(self.source, (str, os.PathLike)) else None,
+                                   hint="provide at least one sample per input")
+
+    # Each chunk maps every input name to an array with a leading sample axis (batch axis).
+    def _chunks(self) -> Iterator[Feed]:
+        src = self.source
+        if isinstance(src, (str, os.PathLike)):
+            path = Path(src)
+            files = _data_files(path) if path.is_dir() else [path]
+            for file in files:
+                yield self._normalize(_read_file(file, self.input_names), where=str(file))
+        elif isinstance(src, Mapping):
+            yield self._normalize(dict(src), where="data dict")
+        elif isinstance(src, Iterable):
+            for i, item in enumerate(src):
+                if not isinstance(item, Mapping):
+                    raise CalibrationError(
+                        f"data item {i} is a {type(item).__name__}, not a dict of input arrays",
+                        hint="yield {input name: numpy array} dicts")
+                yield self._normalize(dict(item), where=f"data item {i}", batched=True)
+        else:
+            raise CalibrationError(f"unsupported data source of type {type(src).__name__}")
+
+    def _normalize(self, arrays: dict[str, Any], *, where: str, batched: bool = False) -> Feed:
+        missing = [n for n in self.input_names if n not in arrays]
+        if missing:
+            raise CalibrationError(f"data has no array for input(s) {missing}", where=where,
+                                   hint=f"the model's inputs are {self.input_names}; data holds {sorted(arrays)}")
+        result = {}
+        for name in self.input_names:
+            value = np.asarray(arrays[name])
+            rank = self.input_ranks.get(name)
+            if rank is not None and not batched and value.ndim == rank + 1:
+                # leading sample axis on top of the model's own batch axis: merge them
+                value = value.reshape((-1, *value.shape[2:])) if rank > 0 and value.shape[1] == 1 else value
+            if rank is not None and value.ndim != rank:
+                raise CalibrationError(
+                    f"input '{name}' data has shape {list(value.shape)}, which does not fit the model's "
+                    f"rank-{rank} input", where=where,
+                    hint="store one array per input with the samples along the first axis")
+            if value.ndim == 0:
+                raise CalibrationError(f"input '{name}' data is a scalar", where=where)
+            result[name] = value
+        counts = {_sample_count({n: v}) for n, v in result.items()}
+        if len(counts) > 1:
+            raise CalibrationError(f"inputs have different sample counts {sorted(counts)}", where=where)
+        return result
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+
+
+def _read_file(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            if len(input_names) != 1:
+                raise CalibrationError(".npy data only fits single-input models", where=str(path),
+                                       hint=f"use .npz files with arrays named {input_names}")
+            return {input_names[0]: np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except CalibrationError:
+        raise
+    except Exception as exc:
+        raise CalibrationError(f"cannot read data file: {exc}", where=str(path)) from exc
+
+
+def _sample_count(chunk: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(chunk.values())).shape[0]) if chunk else 0
+
+
+def check_finite(feed: Mapping[str, np.ndarray], *, where: str = "") -> None:
+    """Raise :class:`CalibrationError` if any floating input holds NaN or Inf."""
+    for name, value in feed.items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise CalibrationError(f"input '{name}' holds {bad} NaN/Inf value(s)",
+                                   where=where or f"input '{name}'",
+                                   hint="clean the data: NaN/Inf would poison scales and statistics")
+
+
+def random_feeds(model: Model, count: int = 2, *, seed: int = 0,
+                 default_dim: int = 1) -> list[Feed]:
+    """Random inputs matching the model's input specs, for verification.
+
+    Dynamic dimensions become ``default_dim`` on axis 0 (batch) and 32 elsewhere; fix input
+    shapes first (``fix_input_shapes``) when the model needs particular sizes.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for t in model.graph.inputs:
+            if t.shape is None:
+                raise CalibrationError(f"input '{t.name}' has no shape, so random inputs cannot be made",
+                                       where=f"input '{t.name}'", hint="give sample data or fix the shape")
+            shape = [d if isinstance(d, int) and d > 0 else (default_dim if i == 0 else 32)
+                     for i, d in enumerate(t.shape)]
+            dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
+            if dtype.kind == "f":
+                value = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                value = rng.integers(0, 2, shape).astype(dtype)
+            else:
+                value = rng.integers(0, 256, shape).astype(dtype)
+            feed[t.name] = value
+        feeds.append(feed)
+    return feeds

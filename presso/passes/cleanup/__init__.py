@@ -1,0 +1,11 @@
+"""Cleanup passes: shape inference, constant folding, dead-code removal, BN folding, identities."""
+
+from . import (  # noqa: F401  (importing registers the passes)
+    constants_to_initializers,
+    eliminate_dead_code,
+    fold_batchnorm,
+    fold_constants,
+    infer_shapes,
+    remove_identity,
+    upgrade_opset,
+)

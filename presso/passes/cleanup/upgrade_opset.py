@@ -1,0 +1,42 @@
+"""`upgrade-opset`: convert the model to a newer ONNX opset with onnx.version_converter."""
+
+from __future__ import annotations
+
+import onnx
+
+from ...ir import Model
+from ...ir.errors import PassError
+from ..base import Pass, PassContext, PassResult
+from ..registry import register_pass
+
+
+@register_pass("upgrade-opset")
+class UpgradeOpset(Pass):
+    """Convert the default-domain opset to ``version`` (never downgrades).
+
+    Quantization needs ≥ 13 (per-channel QuantizeLinear/DequantizeLinear take ``axis`` from
+    13 on); int4/int16 Q/DQ need 21. Annotations and metadata are kept. Preserves semantics.
+    """
+
+    preserves_semantics = True
+    version: int = 17
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        current = model.opset
+        if current >= self.version:
+            return PassResult(changed=False, stats={"opset": current})
+        newest = onnx.defs.onnx_opset_version()
+        if self.version > newest:
+            raise PassError(f"cannot upgrade to opset {self.version}: this onnx package knows up to {newest}")
+        try:
+            converted = onnx.version_converter.convert_version(model.to_proto(), self.version)
+        except Exception as exc:
+            raise PassError(
+                f"onnx.version_converter cannot convert opset {current} → {self.version}: {exc}",
+                hint="run fold-constants first, or choose a lower target version",
+            ) from exc
+        replacement = Model.from_proto(converted, source_path=model.source_path)
+        model.graph = replacement.graph
+        model.opset_imports = replacement.opset_imports
+        model.ir_version = replacement.ir_version
+        return PassResult(changed=True, stats={"opset_before": current, "opset": self.version})

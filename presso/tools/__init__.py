@@ -1,0 +1,1 @@
+"""The `presso` command and its subcommands: thin wrappers over the Python API."""
