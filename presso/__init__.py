@@ -17,6 +17,7 @@ from .ir import (
     load,
     save,
 )
+from .ir.analysis.summary import summarize as inspect
 from .passes import Pass, PassContext, PassManager, PassResult, register_pass
 
 __version__ = "0.1.0"
@@ -24,5 +25,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError", "CalibrationError", "Model", "ModelLoadError", "Pass", "PassContext", "PassError",
     "PassManager", "PassResult", "PipelineError", "PressoError", "UnsupportedOpError", "__version__",
-    "evaluate", "load", "register_pass", "save",
+    "evaluate", "inspect", "load", "register_pass", "save",
 ]

@@ -19,11 +19,11 @@ class PressoError(Exception):
         super().__init__(self._format())
 
     def _format(self) -> str:
-        text = self.what.rstrip(".")
+        text = self.what
         if self.where:
-            text += f" (at {self.where})"
+            text = text.rstrip(".") + f" (at {self.where})"
         if self.hint:
-            text += f". {self.hint}"
+            text += (" " if text.endswith((".", "?", "!")) else ". ") + self.hint
         return text
 
 

@@ -1,0 +1,142 @@
+"""`presso inspect`: what a model is made of and what it costs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..ir import Model
+from ..ir.analysis.summary import summarize
+from ..ir.table import format_table, human_bytes, human_count
+from .common import add_shape_option, load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a model's inputs, ops, parameters, FLOPs, size and annotations",
+        description="Summarize IN.onnx: interface, op histogram, parameters, FLOPs, size, memory "
+                    "and Presso annotations (quantization, sparsity, pruning, pass history).",
+    )
+    p.add_argument("input", metavar="IN.onnx")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--layers", action="store_true", help="one row per node: op, output shape, FLOPs, params")
+    p.add_argument("--dot", metavar="OUT.dot", help="write the graph in Graphviz dot format")
+    add_shape_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.input, args.shape)
+    summary = summarize(model, layers=args.layers)
+    summary["file"] = args.input
+    summary["size_bytes"] = os.path.getsize(args.input)  # the file as stored, not as re-serialized
+    if args.dot:
+        write_dot(model, args.dot)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    print(render(summary))
+    if args.dot:
+        print(f"\nwrote {args.dot}  (render: dot -Tsvg {args.dot} -o graph.svg)")
+    return 0
+
+
+def _shape_text(spec: dict[str, Any]) -> str:
+    shape = spec["shape"]
+    dims = "?" if shape is None else "×".join(str(d) for d in shape) or "scalar"
+    return f"{spec['name']}  {spec['dtype']}[{dims}]"
+
+
+def render(summary: dict[str, Any]) -> str:
+    lines = [
+        f"model    {summary['file']}",
+        f"graph    {summary['name']}  (opset {summary['opset']}"
+        + (f", producer {summary['producer']})" if summary["producer"] else ")"),
+        "inputs   " + "\n         ".join(_shape_text(s) for s in summary["inputs"]),
+        "outputs  " + "\n         ".join(_shape_text(s) for s in summary["outputs"]),
+        "",
+        format_table(
+            ["", "value"],
+            [
+                ["nodes", summary["nodes"]],
+                ["parameters", f"{human_count(summary['params'])} ({human_bytes(summary['param_bytes'])})"],
+                ["FLOPs", human_count(summary["flops"])],
+                ["MACs", human_count(summary["macs"])],
+                ["file size", human_bytes(summary["size_bytes"])],
+                ["activations (sum)", human_bytes(summary["activation_bytes"])],
+                ["activations (peak live)", human_bytes(summary["peak_activation_bytes"])],
+                ["weights by dtype", ", ".join(f"{k} {human_bytes(v)}" for k, v in summary["initializer_dtypes"].items()) or "-"],
+            ],
+        ),
+        "",
+        format_table(["op", "count"], [[op, n] for op, n in summary["op_counts"].items()], align="lr"),
+    ]
+    if summary["unknown_cost_nodes"]:
+        lines.append(f"\nnote: {len(summary['unknown_cost_nodes'])} node(s) have unknown shapes, so their FLOPs "
+                     "are not counted; fix dynamic inputs with --shape NAME=1,3,224,224")
+    lines.extend(_render_annotations(summary["annotations"]))
+    if "layers" in summary:
+        rows = [[r["name"], r["op"], "×".join(map(str, r["output_shape"])) if r["output_shape"] else "?",
+                 human_count(r["flops"]) if r["flops"] is not None else "?", human_count(r["params"])]
+                for r in summary["layers"]]
+        lines += ["", format_table(["node", "op", "output shape", "FLOPs", "params"], rows, align="llrrr")]
+    return "\n".join(lines)
+
+
+def _render_annotations(annotations: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if annotations["quant"]:
+        by_dtype: dict[str, int] = {}
+        for spec in annotations["quant"].values():
+            by_dtype[spec["dtype"]] = by_dtype.get(spec["dtype"], 0) + 1
+        lines += ["", "quantization: " + ", ".join(f"{n} tensor(s) {d}" for d, n in sorted(by_dtype.items()))]
+    if annotations["sparsity"]:
+        rows = [[name, s["pattern"], f"{s['ratio']:.1%}"] for name, s in annotations["sparsity"].items()]
+        lines += ["", format_table(["sparse initializer", "pattern", "zeros"], rows)]
+    if annotations["pruning"]:
+        rows = [[r["layer"], r["channels_before"], r["channels_after"], r.get("criterion") or ""]
+                for r in annotations["pruning"]]
+        lines += ["", format_table(["pruned layer", "channels before", "after", "criterion"], rows, align="lrrl")]
+    if annotations["history"]:
+        lines += ["", "passes applied: " + ", ".join(h["pass"] for h in annotations["history"])]
+    return lines
+
+
+def write_dot(model: Model, path: str) -> None:
+    """Graphviz dot: one box per node labelled with its op, edges labelled with tensor names."""
+
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["digraph presso {", "  rankdir=TB;", "  node [shape=box, fontname=Helvetica];"]
+    for t in model.graph.inputs:
+        lines.append(f"  {quote('in:' + t.name)} [label={quote(t.name)}, shape=ellipse];")
+    for t in model.graph.outputs:
+        lines.append(f"  {quote('out:' + t.name)} [label={quote(t.name)}, shape=ellipse];")
+    graph_inputs = {id(t) for t in model.graph.inputs}
+    for i, node in enumerate(model.graph.nodes):
+        node_id = quote(f"n{i}:{node.name}")
+        lines.append(f"  {node_id} [label={quote(node.op + chr(10) + node.name)}];")
+        for t in node.inputs:
+            if id(t) in graph_inputs:
+                lines.append(f"  {quote('in:' + t.name)} -> {node_id};")
+    index = {id(n): i for i, n in enumerate(model.graph.nodes)}
+    for i, node in enumerate(model.graph.nodes):
+        for t in node.outputs:
+            for consumer in t.outputs:
+                if id(consumer) in index:
+                    lines.append(f"  {quote(f'n{i}:{node.name}')} -> {quote(f'n{index[id(consumer)]}:{consumer.name}')}"
+                                 f" [label={quote(t.name)}, fontsize=8];")
+            if any(o is t for o in model.graph.outputs):
+                lines.append(f"  {quote(f'n{i}:{node.name}')} -> {quote('out:' + t.name)};")
+    lines.append("}")
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(target)
