@@ -19,6 +19,9 @@ from .ir import (
 )
 from .ir.analysis.summary import summarize as inspect
 from .passes import Pass, PassContext, PassManager, PassResult, register_pass
+from .api import quantize
+from .backends import compile, load_artifact  # noqa: E402  (after passes: targets use schemes)
+from .backends.benchmark import bench
 
 __version__ = "0.1.0"
 
@@ -27,3 +30,5 @@ __all__ = [
     "PassManager", "PassResult", "PipelineError", "PressoError", "UnsupportedOpError", "__version__",
     "evaluate", "inspect", "load", "register_pass", "save",
 ]
+__all__ += ["bench", "compile", "load_artifact"]
+__all__ += ["quantize"]

@@ -28,6 +28,9 @@ class Target:
     ort_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     tvm_target: dict[str, Any] | None = None
     description: str = ""
+    # int8 forms of a quantized model that the onnxruntime backend times on the host and picks
+    # from: "qdq-u8"/"qdq-s8"/"qoperator-u8"…, optionally "+divmul" (backends/onnxruntime/int8_form.py).
+    int8_forms: tuple[str, ...] = ()
 
 
 _TARGETS: dict[str, Target] = {}
@@ -56,16 +59,24 @@ INT8_SYMMETRIC = QuantScheme(
     activations=TensorScheme("int8", symmetric=False),
 )
 
+# cpu-x86 defaults, measured with onnxruntime 1.32 on an AVX2 (no VNNI) EPYC, 1 thread, PP-OCRv4
+# det at 320×320 (`presso bench`, interleaved): int8 activations run 1.5–1.8× slower than uint8
+# (MLAS's u8s8 path); per-tensor weights are no faster than per-channel; keeping elementwise
+# ops in float (Conv-only quantization) is slower than quantizing them (≈1.0× vs 0.86–0.9× float);
+# QOperator and QDQ forms run the same fused kernels; a Div by a constant between Q/DQ stays in
+# float, and rewriting it as an int8 Mul ("+divmul") took det from ≈0.92× to ≈0.84× float.
 register_target(Target(
     name="cpu-x86", device="cpu", isa="x86_64", features=("avx2",), backends=("onnxruntime", "tvm"),
     scheme=QuantScheme(weights=TensorScheme("int8", symmetric=True, per_channel=True),
                        activations=TensorScheme("uint8", symmetric=False)),
+    int8_forms=("qdq-u8", "qdq-s8", "qoperator-u8", "qdq-u8+divmul"),
     tvm_target={"kind": "llvm", "mcpu": "core-avx2"},
     description="x86-64 CPU (onnxruntime CPU execution provider, or TVM llvm)",
 ))
 register_target(Target(
     name="cpu-arm64", device="cpu", isa="aarch64", features=("neon",), backends=("onnxruntime", "tvm"),
     scheme=INT8_SYMMETRIC,
+    int8_forms=("qdq-s8", "qdq-u8", "qdq-s8+divmul"),  # timed only when compiling on an aarch64 host
     tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
     description="64-bit ARM CPU (onnxruntime, or TVM llvm cross-compiled for aarch64)",
 ))

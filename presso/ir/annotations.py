@@ -27,6 +27,7 @@ class QuantSpec:
     scale: list[float] | None = None
     zero_point: list[int] | None = None
     method: str | None = None  # calibration method that produced scale/zero_point
+    reduce_range: bool = False  # one bit less than the type (7-bit int8: no u8·s8 overflow on AVX2)
 
 
 @dataclass

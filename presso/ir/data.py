@@ -1,15 +1,17 @@
 """Input data for verification, calibration and evaluation.
 
 A data source is a ``.npz`` file (one array per model input, leading sample axis), a folder
-of ``.npz``/``.npy`` files, or any Python iterable of ``{input name: array}`` feeds. Samples
-are streamed, never all loaded at once, so memory does not grow with the sample count.
+of ``.npz``/``.npy`` files, any Python iterable of ``{input name: array}`` feeds, or a function
+returning such an iterable (called anew each time the data is read). Samples are streamed,
+never all loaded at once, so memory does not grow with the sample count. A one-shot iterator
+(a generator) can be read only once; reading it again is a :class:`CalibrationError`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ class DataSource:
     source: Any
     input_names: list[str]
     input_ranks: dict[str, int | None]
+    input_shapes: dict[str, list | None] = field(default_factory=dict)
+    _started: bool = field(default=False, init=False, repr=False)  # a one-shot iterator was read
 
     @classmethod
     def open(cls, source: Any, model: Model) -> DataSource:
@@ -46,13 +50,29 @@ class DataSource:
                 raise CalibrationError(f"unsupported data file type '{path.suffix}'", where=str(path),
                                        hint="use .npz (one array per input) or .npy")
         ranks = {t.name: (len(t.shape) if t.shape is not None else None) for t in model.graph.inputs}
-        return cls(source, [t.name for t in model.graph.inputs], ranks)
+        shapes = {t.name: (list(t.shape) if t.shape is not None else None) for t in model.graph.inputs}
+        return cls(source, [t.name for t in model.graph.inputs], ranks, shapes)
 
     def __iter__(self) -> Iterator[Feed]:
         return self.feeds()
 
-    def feeds(self, batch: int = 1, limit: int | None = None) -> Iterator[Feed]:
-        """Model-ready feeds of up to ``batch`` samples each, ``limit`` samples in total."""
+    @property
+    def model_batch(self) -> int | None:
+        """The batch size the model's inputs fix on axis 0, or None when it is dynamic."""
+        sizes = {shape[0] for shape in self.input_shapes.values() if shape}
+        if len(sizes) == 1 and isinstance(next(iter(sizes)), int) and next(iter(sizes)) > 0:
+            return int(next(iter(sizes)))
+        return None
+
+    def feeds(self, batch: int | None = None, limit: int | None = None) -> Iterator[Feed]:
+        """Model-ready feeds of up to ``batch`` samples each, ``limit`` samples in total.
+
+        ``batch`` defaults to the model's static batch size (1 when it is dynamic). When
+        ``batch`` is that static size, the remainder of a chunk too small to fill a batch is
+        skipped, since the model accepts nothing else.
+        """
+        batch = batch or self.model_batch or 1
+        exact = batch if batch == self.model_batch else None
         produced = 0
         empty = True
         for chunk in self._chunks():
@@ -63,6 +83,8 @@ class DataSource:
                 stop = min(start + batch, count)
                 if limit is not None:
                     stop = min(stop, start + limit - produced)
+                if exact is not None and stop - start != exact:
+                    continue
                 feed = {k: v[start:stop] for k, v in chunk.items()}
                 produced += stop - start
                 empty = False
@@ -82,8 +104,17 @@ class DataSource:
                 yield self._normalize(_read_file(file, self.input_names), where=str(file))
         elif isinstance(src, Mapping):
             yield self._normalize(dict(src), where="data dict")
-        elif isinstance(src, Iterable):
-            for i, item in enumerate(src):
+        elif isinstance(src, Iterable) or callable(src):
+            items = src() if callable(src) and not isinstance(src, Iterable) else src
+            if isinstance(items, Iterator):
+                # A generator can be read once; verification and each pass read the data anew.
+                if items is src and self._started:
+                    raise CalibrationError(
+                        "the data is a one-shot iterator (e.g. a generator) that was already read",
+                        hint="pass a list of feeds, a .npz file, a folder, or a function that returns "
+                             "a fresh iterator each time")
+                self._started = True
+            for i, item in enumerate(items):
                 if not isinstance(item, Mapping):
                     raise CalibrationError(
                         f"data item {i} is a {type(item).__name__}, not a dict of input arrays",

@@ -34,9 +34,18 @@ def create_session(
     optimization: str = "basic",
     threads: int | None = None,
     optimized_model_path: str | None = None,
+    initializers: Mapping[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
-    """An onnxruntime session; large protos go through a temporary external-data file."""
+    """An onnxruntime session; large protos go through a temporary external-data file.
+
+    ``initializers`` supplies the data of initializers that the proto holds only as stubs
+    (``Model.to_proto_without_large_data``); onnxruntime uses the arrays without copying them.
+    """
     options = ort.SessionOptions()
+    keep_alive = []
+    if initializers:
+        keep_alive = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in initializers.values()]
+        options.add_external_initializers(list(initializers), keep_alive)
     options.graph_optimization_level = _OPT_LEVELS[optimization]
     options.log_severity_level = 3
     if threads:
@@ -52,9 +61,13 @@ def create_session(
                     path = Path(folder) / "model.onnx"
                     onnx.save_model(proto_or_path, str(path), save_as_external_data=True,
                                     location="model.onnx.data")
-                    return ort.InferenceSession(str(path), options, providers=providers)
-            return ort.InferenceSession(proto_or_path.SerializeToString(), options, providers=providers)
-        return ort.InferenceSession(str(proto_or_path), options, providers=providers)
+                    session = ort.InferenceSession(str(path), options, providers=providers)
+            else:
+                session = ort.InferenceSession(proto_or_path.SerializeToString(), options, providers=providers)
+        else:
+            session = ort.InferenceSession(str(proto_or_path), options, providers=providers)
+        session._presso_initializers = keep_alive  # the session reads these arrays in place
+        return session
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph…)
         raise PressoError(
             f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}",
@@ -66,12 +79,13 @@ def _session(model: Model, outputs: tuple[str, ...], providers: tuple[str, ...],
     key = f"ort_session:{outputs}:{providers}:{optimization}"
 
     def build() -> ort.InferenceSession:
-        proto = model.to_proto()
+        # Large weights go to onnxruntime as arrays, not through a serialized proto.
+        proto, arrays = model.to_proto_without_large_data()
         existing = {o.name for o in proto.graph.output}
         for name in outputs:
             if name not in existing:
                 proto.graph.output.append(onnx.ValueInfoProto(name=name))
-        return create_session(proto, providers=providers, optimization=optimization)
+        return create_session(proto, providers=providers, optimization=optimization, initializers=arrays)
 
     return model.analysis(key, build)
 
@@ -139,8 +153,10 @@ def evaluate(
         raise PressoError(f"cannot evaluate unknown tensor(s) {unknown[:5]}",
                           hint="use `presso inspect --layers` to list tensor names")
     constants = {n: tensors[n].values for n in wanted if isinstance(tensors[n], gs.Constant)}
-    computed = tuple(n for n in wanted if n not in constants)
-    result = dict(constants)
+    # Graph inputs are returned as fed: onnxruntime rejects an input listed as an output.
+    known = {**constants, **{n: feeds[n] for n in wanted if n in feeds}}
+    computed = tuple(dict.fromkeys(n for n in wanted if n not in known))
+    result = dict(known)
     if computed:
         session = _session(model, computed, tuple(providers or ("CPUExecutionProvider",)), optimization)
         try:

@@ -26,6 +26,13 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, check: bool = True) -> 
     """
     if isinstance(source, onnx.ModelProto):
         proto, path = source, None
+        external = [t.name for t in _all_tensors(proto) if uses_external_data(t)]
+        if external:
+            raise ModelLoadError(
+                f"in-memory model refers to external data for {len(external)} tensor(s), e.g. '{external[0]}'",
+                where="in-memory model",
+                hint="load it from its file path so that the data beside it can be read and checked",
+            )
     else:
         path = Path(source)
         proto = _read_proto(path)
@@ -147,7 +154,9 @@ def _check_structure(proto: onnx.ModelProto, path: Path | None) -> None:
 def _check_with_onnx(proto: onnx.ModelProto, path: Path | None) -> None:
     where = str(path) if path else "in-memory model"
     try:
-        if proto.ByteSize() > PROTOBUF_LIMIT and path is not None:
+        if proto.ByteSize() > PROTOBUF_LIMIT:
+            if path is None:
+                return  # the checker cannot take a proto this large, and there is no file to check
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(proto)

@@ -6,8 +6,10 @@ import copy as _copy
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .annotations import METADATA_KEY, Annotations
 from .errors import ModelLoadError
@@ -48,6 +50,7 @@ class Model:
         self._analyses: dict[str, Any] = {}
         self._version = 0
         self.reserved_names: set[str] = set()
+        self._name_cache: set[str] | None = None  # set inside edit.batch_names blocks
 
     # ---- conversion -------------------------------------------------------------------
     @classmethod
@@ -66,6 +69,7 @@ class Model:
         opsets = {o.domain: o.version for o in proto.opset_import}
         opsets = {("" if d == "ai.onnx" else d): v for d, v in opsets.items()}
         graph = gs.import_onnx(proto)
+        _name_unnamed_nodes(graph)
         return cls(
             graph,
             opset_imports=opsets,
@@ -78,9 +82,37 @@ class Model:
 
     def to_proto(self) -> onnx.ModelProto:
         """Export to an ``onnx.ModelProto`` with opsets, metadata and annotations."""
+        return self._export(omit_data_over=None)[0]
+
+    def to_proto_without_large_data(self, min_bytes: int = 2**20) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """The proto with the data of constants of ``min_bytes`` or more left out, and those arrays.
+
+        Each left-out initializer keeps its name, dtype and dims but its data becomes an
+        external-data stub (location :data:`STUB_LOCATION`). Exporting and parsing hundreds of
+        MB of weights costs seconds per copy; shape inference needs only dims, and onnxruntime
+        takes the arrays directly (``create_session(..., initializers=arrays)``). Not a file to
+        save or check with ``onnx.checker`` as is.
+        """
+        return self._export(omit_data_over=min_bytes)
+
+    def _export(self, omit_data_over: int | None) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         self.graph.opset = self.opset
         self.graph.import_domains = None
-        proto = gs.export_onnx(self.graph, do_type_check=False)
+        _wrap_subbyte_constants(self.graph)
+        omitted: dict[str, np.ndarray] = {}
+        saved: list[tuple[gs.Constant, Any]] = []
+        if omit_data_over is not None and not _has_subgraphs(self.graph):
+            for tensor in self.graph.tensors().values():
+                array = _plain_array(tensor, omit_data_over)
+                if array is not None:
+                    saved.append((tensor, tensor._values))
+                    omitted[tensor.name] = array
+                    tensor._values = LazyValues(_stub_tensor(tensor.name, array))
+        try:
+            proto = gs.export_onnx(self.graph, do_type_check=False)
+        finally:
+            for tensor, values in saved:
+                tensor._values = values
         del proto.opset_import[:]
         for domain, version in sorted(self._used_opsets().items()):
             proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
@@ -93,12 +125,30 @@ class Model:
             metadata[METADATA_KEY] = self.annotations.to_json()
         for key, value in metadata.items():
             proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-        return proto
+        return proto, omitted
 
     def copy(self) -> Model:
-        """A deep, independent copy (graph, annotations and metadata)."""
-        clone = Model.from_proto(self.to_proto(), source_path=self.source_path)
-        clone.annotations = _copy.deepcopy(self.annotations)
+        """A deep, independent copy (graph, weights, annotations and metadata).
+
+        Copies the graphsurgeon graph and the weight arrays directly: a round trip through a
+        proto would serialize every weight several times (seconds for a VGG-sized model).
+        """
+        graph = self.graph.copy()
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant):
+                if isinstance(tensor._values, np.ndarray):
+                    tensor._values = tensor._values.copy()
+            elif tensor.shape is not None:
+                tensor.shape = list(tensor.shape)  # graphsurgeon's copy shares the list
+        clone = Model(
+            graph,
+            opset_imports=self.opset_imports,
+            ir_version=self.ir_version,
+            metadata=self.metadata,
+            annotations=_copy.deepcopy(self.annotations),
+            producer=self.producer,
+            source_path=self.source_path,
+        )
         return clone
 
     def _used_opsets(self) -> dict[str, int]:
@@ -184,6 +234,82 @@ class Model:
             f"Model({self.graph.name!r}, opset={self.opset}, nodes={len(self.graph.nodes)}, "
             f"inputs={self.input_names()}, outputs={self.output_names()})"
         )
+
+
+# Where a stub made by `Model.to_proto_without_large_data` says its data is: nowhere on disk.
+STUB_LOCATION = "presso:in-memory"
+_PLAIN_DTYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                       np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)}
+
+
+def _plain_array(tensor: gs.Tensor, min_bytes: int) -> np.ndarray | None:
+    """The values of a large constant with a standard numpy dtype, else None."""
+    if not isinstance(tensor, gs.Constant) or tensor.name == "":
+        return None
+    values = tensor._values
+    if isinstance(values, LazyValues):
+        if (type(values) is not LazyValues or values.nbytes < min_bytes
+                or not isinstance(values.dtype, np.dtype) or values.dtype not in _PLAIN_DTYPES):
+            return None
+        values = tensor.values  # loads once; later exports reuse the array
+    if not isinstance(values, np.ndarray) or values.nbytes < min_bytes or values.dtype not in _PLAIN_DTYPES:
+        return None
+    if tensor._export_dtype is not None and np.dtype(tensor._export_dtype) != values.dtype:
+        return None
+    return values
+
+
+def _stub_tensor(name: str, array: np.ndarray) -> onnx.TensorProto:
+    stub = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+    stub.dims.extend(array.shape)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    stub.external_data.add(key="location", value=STUB_LOCATION)
+    return stub
+
+
+def _has_subgraphs(graph: gs.Graph) -> bool:
+    return any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
+               for node in graph.nodes for v in node.attrs.values())
+
+
+def _name_unnamed_nodes(graph: gs.Graph) -> None:
+    """Give unnamed and duplicate-named nodes unique names (``<op>_<index>``).
+
+    Many exporters leave node names empty; Presso addresses nodes by name (errors, the
+    networkx view, pass logs), so every node gets one on load. Named nodes keep theirs.
+    """
+    seen: set[str] = set()
+    renamed: set[int] = set()
+    for node in graph.nodes:
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+        else:
+            renamed.add(id(node))
+    if not renamed:
+        return
+    taken = seen | {name for name in graph.tensors()}
+    for index, node in enumerate(graph.nodes):
+        if id(node) in renamed:
+            base = f"{node.name or node.op}_{index}"
+            name, suffix = base, 1
+            while name in taken:
+                name, suffix = f"{base}_{suffix}", suffix + 1
+            node.name = name
+            taken.add(name)
+
+
+def _wrap_subbyte_constants(graph: gs.Graph) -> None:
+    """Hand 4-bit constants (int4/uint4 weights) to the exporter as packed TensorProtos.
+
+    graphsurgeon imports them as one-byte-per-value numpy arrays and cannot export those
+    (it writes unpacked raw bytes); ``onnx.numpy_helper.from_array`` packs them correctly.
+    """
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    for tensor in graph.tensors().values():
+        if (isinstance(tensor, gs.Constant) and not isinstance(tensor._values, LazyValues)
+                and str(getattr(tensor._values, "dtype", "")) in ("int4", "uint4")):
+            tensor._values = LazyValues(onnx.numpy_helper.from_array(tensor._values, tensor.name))
 
 
 def _is_empty_optional(tensor: gs.Tensor) -> bool:

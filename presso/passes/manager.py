@@ -15,7 +15,7 @@ from ..ir.errors import PassError, PressoError
 from ..ir.table import format_table
 from .base import ErrorMetrics, Pass, PassContext, PassResult
 from .pipeline import load_recipe, parse_pipeline
-from .verify import compare_outputs, within_tolerance
+from .verify import check_model, compare_outputs, within_tolerance
 
 
 @dataclass
@@ -94,6 +94,9 @@ class PassManager:
     inputs (from the context's data, else random inputs) against the model before the pass.
     A pass that ``preserves_semantics`` must match to ``atol + rtol · max|ref|``; a lossy
     pass gets its error measured and recorded. ``dump_dir`` saves the IR after each pass.
+    After a pass that reports a change, the manager drops cached analyses, removes nodes and
+    initializers that no output needs, and sorts the nodes topologically, so passes may leave
+    dangling nodes behind and append new nodes anywhere.
     """
 
     def __init__(
@@ -175,7 +178,8 @@ class PassManager:
 
     def _sample_feeds(self, model: Model, ctx: PassContext):
         if ctx.data is not None:
-            return list(ctx.data.feeds(batch=1, limit=self.verify_samples))
+            batch = ctx.data.model_batch or 1
+            return list(ctx.data.feeds(batch=batch, limit=self.verify_samples * batch))
         return random_feeds(model, self.verify_samples, seed=ctx.seed)
 
     def _outputs(self, model: Model, feeds, what: str):
@@ -187,7 +191,7 @@ class PassManager:
 
     def _verify(self, p: Pass, model: Model, ctx: PassContext, result: PassResult, previous):
         try:
-            onnx.checker.check_model(model.to_proto())
+            check_model(model)
         except onnx.checker.ValidationError as exc:
             raise PassError(f"pass '{p.name}' produced a model that fails onnx.checker: "
                             f"{str(exc).strip().splitlines()[0]}") from exc

@@ -102,5 +102,9 @@ def load_recipe(path: str | Path) -> list[Pass]:
             continue
         if not isinstance(step, dict) or "name" not in step:
             raise PipelineError(f"recipe step {i} needs a 'name'", where=str(path))
-        passes.append(get_pass(step["name"])(**(step.get("options") or {})))
+        options = step.get("options") or {}
+        if not isinstance(options, dict):
+            raise PipelineError(f"recipe step {i} ('{step['name']}'): options must be a mapping of "
+                                f"name to value, not {type(options).__name__}", where=str(path))
+        passes.append(get_pass(str(step["name"]))(**options))
     return passes

@@ -12,6 +12,7 @@ from typing import Any
 from ..ir import Model
 from ..ir.analysis.summary import summarize
 from ..ir.table import format_table, human_bytes, human_count
+from ..passes.prune.dependency import prunable_report, render_prunable
 from .common import add_shape_option, load_model
 
 
@@ -26,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--layers", action="store_true", help="one row per node: op, output shape, FLOPs, params")
     p.add_argument("--dot", metavar="OUT.dot", help="write the graph in Graphviz dot format")
+    p.add_argument("--prunable", action="store_true",
+                   help="list channel groups (what prune-channels can remove), their sizes and why "
+                        "excluded ones are (needs static shapes: --shape)")
     add_shape_option(p)
     p.set_defaults(func=run)
 
@@ -35,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(model, layers=args.layers)
     summary["file"] = args.input
     summary["size_bytes"] = os.path.getsize(args.input)  # the file as stored, not as re-serialized
+    if args.prunable:
+        summary["prunable"] = prunable_report(model)
     if args.dot:
         write_dot(model, args.dot)
     if args.json:
@@ -86,6 +92,8 @@ def render(summary: dict[str, Any]) -> str:
                  human_count(r["flops"]) if r["flops"] is not None else "?", human_count(r["params"])]
                 for r in summary["layers"]]
         lines += ["", format_table(["node", "op", "output shape", "FLOPs", "params"], rows, align="llrrr")]
+    if "prunable" in summary:
+        lines += ["", render_prunable(summary["prunable"])]
     return "\n".join(lines)
 
 

@@ -88,8 +88,8 @@ def _sample_roots() -> list[Path]:
 def real_files(count: int, *, seed: int = 0, min_size: int = 64, per_extension: int = 6) -> list[Path]:
     """Up to ``count`` real files from this machine, spread over many file types.
 
-    Deterministic for a given machine and seed: files are ranked by a hash of their path, and
-    at most ``per_extension`` files of each extension are taken so that the sample is varied.
+    Deterministic for a given machine and seed: files are ranked by a hash of their path and
+    taken round-robin over extensions, ``per_extension`` at a time, so the sample stays varied.
     """
     candidates: dict[str, list[tuple[str, Path]]] = {}
     for root in _sample_roots():
@@ -102,26 +102,29 @@ def real_files(count: int, *, seed: int = 0, min_size: int = 64, per_extension: 
                         continue
                 except OSError:
                     continue
+                if not os.access(path, os.R_OK):
+                    continue
                 key = hashlib.sha1(f"{seed}:{path}".encode()).hexdigest()
                 candidates.setdefault(path.suffix.lower() or "<none>", []).append((key, path))
             if sum(len(v) for v in candidates.values()) > 50 * count:
                 break
-    picked: list[tuple[str, Path]] = []
-    for ext in sorted(candidates):
-        picked.extend(sorted(candidates[ext])[:per_extension])
-    picked.sort()
-    result = []
-    for _, path in picked:
-        if os.access(path, os.R_OK):
-            result.append(path)
-        if len(result) >= count:
-            break
+    ranked = {ext: sorted(files) for ext, files in candidates.items()}
+    result: list[Path] = []
+    start = 0
+    while len(result) < count and any(len(files) > start for files in ranked.values()):
+        batch = sorted(item for files in ranked.values() for item in files[start:start + per_extension])
+        result.extend(path for _, path in batch[: count - len(result)])
+        start += per_extension
     return result
 
 
-def magika_dataset(count: int, *, seed: int = 0) -> tuple[np.ndarray, list[Path]]:
-    """(features [N, 2048] int32, file paths) for ``count`` real files."""
-    files = real_files(count, seed=seed)
+def magika_dataset(count: int, *, seed: int = 0, skip: int = 0) -> tuple[np.ndarray, list[Path]]:
+    """(features [N, 2048] int32, file paths) for ``count`` real files.
+
+    ``skip`` leaves out the first files of the same ranking, so that ``magika_dataset(n)`` and
+    ``magika_dataset(m, skip=n)`` are disjoint (calibration vs evaluation).
+    """
+    files = real_files(skip + count, seed=seed)[skip:]
     if not files:
         raise PressoError("no readable files found on this machine for magika data")
     return np.stack([magika_features(f) for f in files]), files

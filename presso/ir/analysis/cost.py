@@ -145,6 +145,12 @@ def compute_cost(model: Model) -> CostReport:
             nodes.append(NodeCost(node.name, node.op, macs, flops, params, out_bytes))
         all_params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in param_tensors.values())
         param_bytes = sum(t.values.nbytes for t in param_tensors.values())
+        # Exporters such as Paddle2ONNX keep weights in Constant nodes: count those too.
+        for node in model.graph.nodes:
+            value = node.attrs.get("value") if node.op == "Constant" else None
+            if isinstance(value, gs.Constant) and value.values is not None:
+                all_params += int(value.values.size)
+                param_bytes += int(value.values.nbytes)
         return CostReport(
             nodes=nodes,
             params=all_params,

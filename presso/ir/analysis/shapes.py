@@ -64,7 +64,7 @@ def infer_tensor_infos(model: Model) -> dict[str, TensorInfo]:
     """Shape and dtype of every tensor that shape inference can type (cached on the model)."""
 
     def compute() -> dict[str, TensorInfo]:
-        proto = model.to_proto()
+        proto, _ = model.to_proto_without_large_data()  # inference needs dims, not weights
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         except Exception:  # inference is best effort: unknown custom ops stop it
@@ -109,9 +109,10 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None = 
                      dims: Mapping[str, int] | None = None) -> list[str]:
     """Replace dynamic input dimensions by concrete sizes.
 
-    ``shapes`` maps an input name to its full shape; ``dims`` maps a symbolic dimension name
-    (e.g. ``"batch"``) to a size wherever it appears. Returns the names of inputs changed.
-    Raises :class:`PressoError` for an unknown input or a shape that contradicts a static dim.
+    ``shapes`` maps an input name to its full shape, where ``None`` keeps that axis as it is;
+    ``dims`` maps a symbolic dimension name (e.g. ``"batch"``) to a size wherever it appears.
+    Returns the names of inputs changed. Raises :class:`PressoError` for an unknown input or
+    a shape that contradicts a static dim.
     """
     shapes = dict(shapes or {})
     dims = dict(dims or {})
@@ -126,14 +127,18 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None = 
     for name, tensor in by_name.items():
         current = list(tensor.shape) if tensor.shape is not None else None
         if name in shapes:
-            wanted = [int(d) for d in shapes[name]]
-            if current is not None and len(current) != len(wanted):
+            given = list(shapes[name])
+            if current is not None and len(current) != len(given):
                 raise PressoError(
-                    f"input '{name}' has rank {len(current)} but the given shape {wanted} has rank {len(wanted)}",
+                    f"input '{name}' has rank {len(current)} but the given shape {given} has rank {len(given)}",
                     where=f"input '{name}'",
                 )
+            if current is None and any(d is None for d in given):
+                raise PressoError(f"input '{name}' has no shape, so every axis of {given} needs a size",
+                                  where=f"input '{name}'")
+            wanted = [current[i] if d is None else int(d) for i, d in enumerate(given)]
             for axis, (have, want) in enumerate(zip(current or wanted, wanted)):
-                if isinstance(have, int) and have > 0 and have != want:
+                if given[axis] is not None and isinstance(have, int) and have > 0 and have != want:
                     raise PressoError(
                         f"input '{name}' has static size {have} on axis {axis}, not {want}",
                         where=f"input '{name}'",

@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 
 from ...ir import Model
 from ...ir.analysis.shapes import apply_inferred_shapes
-from ...ir.edit import add_initializer, add_node, detach_node, replace_all_uses
+from ...ir.edit import add_initializer, add_node, batch_names, detach_node, replace_all_uses
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
 
@@ -18,7 +18,8 @@ class FoldBatchNorm(Pass):
 
     y = γ·(x − μ)/√(σ² + ε) + β is a per-channel affine map, so it folds into the producer's
     weights (scaled per output channel) and bias. Needs: constant BN parameters, a producer
-    with constant weights whose output only the BN reads. With ``standalone=true`` (default),
+    with constant weights whose output only the BN reads (an Add of a per-channel constant
+    in between, as Paddle2ONNX writes biases, folds into the bias too). With ``standalone=true`` (default),
     a BN that cannot fold becomes a per-channel Mul + Add, so no BatchNormalization remains.
     ``eps_check=true`` refuses a BN whose σ² + ε is not positive and finite (it would fold
     into Inf/NaN weights) and leaves it as is. Preserves semantics.
@@ -29,13 +30,20 @@ class FoldBatchNorm(Pass):
     standalone: bool = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        folded = {"Conv": 0, "ConvTranspose": 0, "Gemm": 0, "MatMul": 0}
-        to_affine = 0
+        folded = {"Conv": 0, "ConvTranspose": 0, "Gemm": 0, "MatMul": 0, "to_mul_add": 0}
         skipped: list[str] = []
         if model.nodes("BatchNormalization"):
             apply_inferred_shapes(model)  # ranks decide MatMul folding and the Mul/Add fallback
+        with batch_names(model):  # every new name below comes from the edit helpers
+            self._fold_all(model, folded, skipped)
+        to_affine = folded.pop("to_mul_add")
+        stats = {f"into_{op.lower()}": n for op, n in folded.items() if n}
+        stats.update({"folded": sum(folded.values()), "to_mul_add": to_affine, "skipped": len(skipped)})
+        return PassResult(changed=bool(sum(folded.values()) or to_affine), stats=stats, log=skipped)
+
+    def _fold_all(self, model: Model, folded: dict[str, int], skipped: list[str]) -> None:
         for bn in model.nodes("BatchNormalization"):
-            params = _bn_params(bn)
+            params = _bn_params(bn, model.graph.outputs)
             if params is None:
                 skipped.append(f"{bn.name}: non-constant parameters or training mode")
                 continue
@@ -43,28 +51,29 @@ class FoldBatchNorm(Pass):
             if self.eps_check and not (np.all(np.isfinite(scale)) and np.all(np.isfinite(shift))):
                 skipped.append(f"{bn.name}: variance + epsilon is not positive")
                 continue
-            producer = _foldable_producer(model, bn)
-            if producer is not None and _fold_into(model, producer, bn, scale, shift):
+            producer, add_bias = _foldable_producer(model, bn, scale.shape[0])
+            # BN(h + b) = scale·h + (scale·b + shift): the Add in between folds too
+            fold_shift = shift if add_bias is None else shift + scale * add_bias
+            if producer is not None and _fold_into(model, producer, bn, scale, fold_shift):
                 folded[producer.op] += 1
             elif self.standalone and _to_affine(model, bn, scale, shift):
-                to_affine += 1
+                folded["to_mul_add"] += 1
             else:
                 skipped.append(f"{bn.name}: no foldable producer")
-        stats = {f"into_{op.lower()}": n for op, n in folded.items() if n}
-        stats.update({"folded": sum(folded.values()), "to_mul_add": to_affine, "skipped": len(skipped)})
-        return PassResult(changed=bool(sum(folded.values()) or to_affine), stats=stats, log=skipped)
 
 
-def _bn_params(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
+def _bn_params(bn: gs.Node, model_outputs: list[gs.Tensor]) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel (scale, shift) with y = scale·x + shift, or None if not foldable."""
-    if len(bn.outputs) > 1 and any(t.outputs for t in bn.outputs[1:]):
-        return None
+    if len(bn.outputs) > 1 and any(t.outputs or any(t is o for o in model_outputs) for t in bn.outputs[1:]):
+        return None  # running statistics are read: a training-mode BN
     if bn.attrs.get("training_mode", 0):
         return None
     tensors = bn.inputs[1:5]
     if len(tensors) != 4 or not all(isinstance(t, gs.Constant) for t in tensors):
         return None
     gamma, beta, mean, var = (np.asarray(t.values, dtype=np.float64) for t in tensors)
+    if not gamma.ndim == beta.ndim == mean.ndim == var.ndim == 1:
+        return None  # opset < 9 with spatial=0: per-element, not per-channel, parameters
     eps = float(bn.attrs.get("epsilon", 1e-5))
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = gamma / np.sqrt(var + eps)
@@ -72,20 +81,55 @@ def _bn_params(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return scale, shift
 
 
-def _foldable_producer(model: Model, bn: gs.Node) -> gs.Node | None:
-    x = bn.inputs[0]
+def _foldable_producer(model: Model, bn: gs.Node, channels: int) -> tuple[gs.Node | None, np.ndarray | None]:
+    """The linear node to fold into, and the per-channel bias of an Add in between, if any.
+
+    Exporters such as Paddle2ONNX write a bias-free ConvTranspose (or Conv) followed by an
+    Add of a [1, C, 1, 1] constant; that Add folds into the bias along with the BN.
+    """
+    producer = _sole_producer(model, bn.inputs[0])
+    if producer is not None and producer.op == "Add":
+        a, b = producer.inputs
+        tensor, const = (a, b) if isinstance(b, gs.Constant) else (b, a)
+        rank = len(bn.inputs[0].shape) if bn.inputs[0].shape is not None else None
+        bias = _per_channel(const, channels, rank) if isinstance(const, gs.Constant) else None
+        linear = _sole_producer(model, tensor) if bias is not None and not isinstance(tensor, gs.Constant) else None
+        if linear is not None and _is_foldable_linear(linear):
+            return linear, bias
+        return None, None
+    if producer is not None and _is_foldable_linear(producer):
+        return producer, None
+    return None, None
+
+
+def _sole_producer(model: Model, x: gs.Tensor) -> gs.Node | None:
+    """The node producing ``x`` when only one node reads ``x`` and it is no graph output."""
     if len(x.inputs) != 1 or len(x.outputs) != 1 or any(t is x for t in model.graph.outputs):
         return None
-    producer = x.inputs[0]
-    if producer.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-        return None
+    return x.inputs[0]
+
+
+def _is_foldable_linear(producer: gs.Node) -> bool:
+    if producer.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(producer.inputs) < 2:
+        return False
     if not isinstance(producer.inputs[1], gs.Constant):
-        return None
+        return False
     if len(producer.inputs[1].outputs) != 1:  # weight shared with another node
-        return None
+        return False
     if len(producer.inputs) > 2 and producer.inputs[2].name and not isinstance(producer.inputs[2], gs.Constant):
+        return False
+    return True
+
+
+def _per_channel(const: gs.Constant, channels: int, rank: int | None) -> np.ndarray | None:
+    """``const`` as a length-``channels`` vector if it broadcasts along axis 1 only, else None."""
+    values = np.asarray(const.values, dtype=np.float64)
+    if rank is None or values.ndim > rank:
         return None
-    return producer
+    full = (1,) * (rank - values.ndim) + values.shape
+    if full[0] != 1 or full[1] not in (1, channels) or any(d != 1 for d in full[2:]):
+        return None
+    return np.broadcast_to(values.reshape(-1), (channels,)).copy()
 
 
 def _fold_into(model: Model, producer: gs.Node, bn: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
@@ -124,7 +168,9 @@ def _fold_into(model: Model, producer: gs.Node, bn: gs.Node, scale: np.ndarray, 
     bias = np.zeros(channels, dtype=np.float64)
     if op != "MatMul" and len(producer.inputs) > 2 and producer.inputs[2].name:
         old_bias = np.asarray(producer.inputs[2].values, dtype=np.float64)
-        bias = np.broadcast_to(old_bias.reshape(-1) if old_bias.size == channels else old_bias, (channels,)).copy()
+        if old_bias.size not in (1, channels) or (op == "Gemm" and old_bias.ndim == 2 and old_bias.shape[1] != channels):
+            return False  # a Gemm bias that varies along the batch axis is not per-channel
+        bias = np.broadcast_to(old_bias.reshape(-1), (channels,)).copy()
     new_bias = (bias * scale + shift).astype(w.dtype)
 
     producer.inputs[1] = add_initializer(model, f"{weight.name}_bnfolded", new_w.astype(w.dtype))

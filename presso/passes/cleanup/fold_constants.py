@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from onnx_graphsurgeon.logger import G_LOGGER
+
 from ...ir import Model
 from ...ir.analysis.shapes import apply_inferred_shapes
 from ..base import Pass, PassContext, PassResult
@@ -31,12 +33,17 @@ class FoldConstants(Pass):
         if self.fold_shapes:
             apply_inferred_shapes(model)
         threshold = int(self.max_size_mb * 2**20) if self.max_size_mb else None
-        model.graph.fold_constants(
-            fold_shapes=self.fold_shapes,
-            error_ok=True,
-            size_threshold=threshold,
-            should_exclude_node=lambda node: node.op in _NEVER_FOLD,
-        )
+        severity = G_LOGGER.severity
+        G_LOGGER.severity = G_LOGGER.ERROR  # its "large outputs" advice is noise here: weights are large
+        try:
+            model.graph.fold_constants(
+                fold_shapes=self.fold_shapes,
+                error_ok=True,
+                size_threshold=threshold,
+                should_exclude_node=lambda node: node.op in _NEVER_FOLD,
+            )
+        finally:
+            G_LOGGER.severity = severity
         model.graph.cleanup(remove_unused_graph_inputs=False)
         model.invalidate()
         folded = before_nodes - len(model.graph.nodes)

@@ -1,1 +1,10 @@
-"""(family placeholder)"""
+"""Quantization passes: schemes, Q/DQ insertion, calibration, folding, dynamic and weight-only.
+
+The flow (DESIGN.md): ``insert-qdq`` → ``calibrate`` → optional fine-tuning → ``fold-qdq``;
+``quantize-dynamic`` and ``quantize-weights`` are one-step alternatives.
+"""
+
+from . import calibrate, fold_qdq, insert_qdq, quantize_dynamic, quantize_weights  # noqa: F401  (importing registers the passes)
+from .scheme import NAMED_SCHEMES, QuantScheme, TensorScheme, named_scheme
+
+__all__ = ["NAMED_SCHEMES", "QuantScheme", "TensorScheme", "named_scheme"]

@@ -1,0 +1,175 @@
+"""Compile a model for onnxruntime: legalize, fix shapes, pick the int8 form, verify, package."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...ir import DataSource, Model, random_feeds
+from ...ir.analysis.shapes import dynamic_inputs, fix_input_shapes, infer_tensor_infos
+from ...ir.errors import BackendError, PressoError
+from ...passes.verify import compare_outputs, within_tolerance
+from ..artifact import base_manifest
+from ..target import Target
+from .artifact import OrtArtifact, open_session
+from .int8_form import is_quantized, select_int8_form
+
+# onnxruntime runs opsets 7 and newer; older models are upgraded during legalization.
+MIN_OPSET = 7
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def compile(self, model: Model, target: Target, *, shapes: Mapping[str, Sequence[int]] | None = None,
+                select_form: bool = True, data: Any = None, threads: int | None = None,
+                verify: bool = True, form_rounds: int = 15, form_threads: Sequence[int] = (1,)) -> OrtArtifact:
+        """Lower ``model`` (not modified) for ``target``.
+
+        ``shapes`` fixes dynamic inputs; without it they stay dynamic (onnxruntime runs them).
+        For a quantized model, ``select_form`` times the exact int8 forms the target lists in
+        ``int8_forms`` on this machine and keeps the fastest (on ``data``'s first sample, else
+        random inputs; only when this host has the target's ISA). ``verify`` compares the
+        compiled model with the input on one sample: a float model must match to float
+        tolerance (legalization preserves semantics), a quantized one gets its difference
+        recorded. ``threads`` is the artifact's session thread count (``None``: all cores).
+        """
+        from ...passes import PassManager  # backends may run a target's legalization pipeline
+
+        original = model
+        model = model.copy()
+        if shapes:
+            fix_input_shapes(model, shapes)
+        pipeline = target.legalize
+        if model.opset < MIN_OPSET:
+            pipeline += ",upgrade-opset{version=13}"
+        try:
+            report = PassManager.parse(pipeline).run(model, ctx=_context(target))
+        except PressoError as exc:
+            raise BackendError(f"legalization for target '{target.name}' failed: {exc}",
+                               hint="run the pipeline with `presso opt --verify` to find the pass") from exc
+
+        # The target must load the legalized model before anything is measured or written.
+        open_session(model.to_proto(), model, providers=target.ort_providers, optimization="all")
+        feed = _sample_feed(model, data)
+        form_record = None
+        quantized = is_quantized(model)
+        if quantized and select_form:
+            skip = _why_not_measure(target, feed)
+            if skip:
+                form_record = {"chosen": "as given", "reason": skip}
+            else:
+                model, form_record = select_int8_form(model, feed, forms=target.int8_forms, threads=form_threads,
+                                                      rounds=form_rounds, providers=target.ort_providers)
+                form_record["input_shapes"] = {k: list(v.shape) for k, v in feed.items()}
+                open_session(model.to_proto(), model, providers=target.ort_providers, optimization="all")
+        verification = _verify(original, model, feed, exact=not quantized) if verify and feed is not None else None
+
+        manifest = base_manifest(
+            self.name, target.name,
+            device=target.device,
+            scheme=dataclasses.asdict(target.scheme),
+            quantized=quantized,
+            int8_form=form_record,
+            legalize={"pipeline": pipeline, "passes": report.as_dict()},
+            inputs=tensor_specs(model, model.graph.inputs),
+            outputs=tensor_specs(model, model.graph.outputs),
+            dynamic_inputs=sorted(dynamic_inputs(model)),
+            providers=list(target.ort_providers),
+            session={"optimization": "all", "threads": threads},
+            verification=verification,
+            source=str(original.source_path) if original.source_path else None,
+        )
+        return OrtArtifact(manifest, model=model, providers=target.ort_providers, threads=threads)
+
+    def load(self, folder: Path, manifest: dict[str, Any]) -> OrtArtifact:
+        return OrtArtifact.load(folder, manifest)
+
+
+_ISA_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def _why_not_measure(target: Target, feed: Mapping[str, np.ndarray] | None) -> str | None:
+    """Why the int8 forms cannot be timed here (``None`` when they can)."""
+    if not target.int8_forms:
+        return f"target '{target.name}' lists no int8 forms to compare"
+    if target.device != "cpu":
+        return f"timing runs on this machine's CPU, not on the target's {target.device}"
+    host = platform.machine().lower()
+    host = _ISA_ALIASES.get(host, host)
+    if target.isa and host != target.isa:
+        return f"this host is {host}, not the target's {target.isa}: compile on the target to time the forms"
+    if feed is None:
+        return "no sample input to time with: give --data or fix dynamic inputs with --shape"
+    return None
+
+
+def _context(target: Target):
+    from ...passes import PassContext
+
+    return PassContext(target=target, progress=False)
+
+
+def tensor_specs(model: Model, tensors) -> list[dict[str, Any]]:
+    infos = infer_tensor_infos(model)
+    specs = []
+    for t in tensors:
+        info = infos.get(t.name)
+        dtype = t.dtype if t.dtype is not None else (info.dtype if info else None)
+        shape = t.shape if t.shape is not None else (info.shape if info else None)
+        specs.append({
+            "name": t.name,
+            "dtype": str(np.dtype(dtype)) if dtype is not None else None,
+            "shape": [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else None)
+                      for d in shape] if shape is not None else None,
+        })
+    return specs
+
+
+def _sample_feed(model: Model, data: Any) -> dict[str, np.ndarray] | None:
+    """One sample from ``data``, else random inputs; ``None`` when neither can be made."""
+    try:
+        if data is not None:
+            return next(iter(DataSource.open(data, model).feeds(batch=1, limit=1)))
+        return random_feeds(model, 1, seed=0)[0]
+    except PressoError:
+        if data is not None:
+            raise
+        return None
+
+
+def _verify(original: Model, compiled: Model, feed: Mapping[str, np.ndarray], *, exact: bool) -> dict[str, Any]:
+    """Outputs of the compiled model against the input model on one sample.
+
+    ``exact``: raise :class:`BackendError` unless they match to float tolerance.
+    """
+    from ...ir import evaluate
+
+    try:
+        reference = evaluate(original, feed)
+    except PressoError as exc:
+        return {"skipped": f"the input model cannot run on the sample: {exc}"}
+    session = open_session(compiled.to_proto(), compiled, optimization="all")
+    names = [o.name for o in session.get_outputs()]
+    try:
+        values = dict(zip(names, session.run(None, dict(feed))))
+    except Exception as exc:
+        raise BackendError(f"the compiled model fails to run on a sample input: {str(exc).splitlines()[0]}",
+                           hint="check --shape values against the model") from exc
+    candidate = {k: values[k] for k in reference}
+    metrics = compare_outputs([reference], [candidate])
+    if exact:
+        ok, worst = within_tolerance([reference], [candidate], rtol=1e-3, atol=1e-4)
+        if not ok:
+            raise BackendError(f"the compiled model computes different outputs from the input model: {worst}",
+                               hint="compile with verify=False to inspect it, and report the model")
+    return {"samples": 1, **{k: (v if np.isfinite(v) else str(v)) for k, v in metrics.as_dict().items()}}
+
+
+BACKEND = OnnxRuntimeBackend()
+__all__ = ["BACKEND", "OnnxRuntimeBackend", "tensor_specs"]

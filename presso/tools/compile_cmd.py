@@ -1,0 +1,100 @@
+"""`presso compile`: lower a model for a target with a backend and write an artifact folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..backends import available_targets, compile, get_target
+from ..ir.errors import PressoError
+from ..ir.table import format_table, human_bytes
+from .common import add_shape_option, load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compile",
+        help="compile a model for a target into a runnable artifact folder (like LLVM's llc)",
+        description="Legalize IN.onnx for a target, verify that the backend loads it, and write an artifact "
+                    "folder (model, backend-optimized model, manifest.json). Example: presso compile "
+                    "model.onnx --target cpu-x86 --backend onnxruntime -o build/",
+    )
+    p.add_argument("input", nargs="?", metavar="IN.onnx")
+    p.add_argument("--target", default="cpu-x86", help="target profile (default cpu-x86; see --list-targets)")
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or tvm")
+    p.add_argument("-o", "--output", metavar="OUTDIR", help="artifact folder to write")
+    p.add_argument("--data", metavar="PATH",
+                   help="sample inputs (.npz or folder) for verification and for timing int8 forms")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime: intra-op threads the artifact's session uses (default: all cores)")
+    p.add_argument("--no-select-form", action="store_true",
+                   help="onnxruntime: keep a quantized model's int8 form instead of timing the alternatives")
+    p.add_argument("--form-rounds", type=int, default=15,
+                   help="onnxruntime: interleaved timing rounds per int8 form (default 15)")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--list-targets", action="store_true", help="list the target profiles")
+    add_shape_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_targets:
+        print(describe_targets())
+        return 0
+    if not args.input or not args.output:
+        raise PressoError("compile needs an input model and -o OUTDIR",
+                          hint="usage: presso compile IN.onnx --target cpu-x86 --backend onnxruntime -o OUTDIR")
+    target = get_target(args.target)  # fail on a typo before loading the model
+    model = load_model(args.input, args.shape)
+    options = {}
+    if args.backend == "onnxruntime":
+        options = dict(data=args.data, threads=args.threads, select_form=not args.no_select_form,
+                       form_rounds=args.form_rounds)
+    elif args.data or args.threads or args.no_select_form:
+        raise PressoError(f"--data, --threads and --no-select-form are onnxruntime options, not {args.backend}'s")
+    artifact = compile(model, target=target, backend=args.backend, **options)
+    folder = artifact.save(args.output)
+    if args.json:
+        json.dump(artifact.manifest, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    print(summary(artifact.manifest, str(folder)))
+    return 0
+
+
+def summary(manifest: dict, folder: str) -> str:
+    lines = [f"compiled for target '{manifest.get('target')}' with backend '{manifest.get('backend')}' → {folder}"]
+    rows = [[key, name, human_bytes(manifest.get("sizes", {}).get(key))]
+            for key, name in manifest.get("files", {}).items()]
+    if rows:
+        lines += ["", format_table(["file", "name", "size"], rows, align="llr")]
+    specs = [["input", s["name"], s.get("dtype"), s.get("shape")] for s in manifest.get("inputs", [])]
+    specs += [["output", s["name"], s.get("dtype"), s.get("shape")] for s in manifest.get("outputs", [])]
+    if specs:
+        lines += ["", format_table(["", "tensor", "dtype", "shape"], specs)]
+    form = manifest.get("int8_form")
+    if form:
+        lines += ["", f"int8 form: {form.get('chosen')} (given {form.get('given')}; "
+                      f"candidates {', '.join(form.get('candidates', []))})"]
+        for name, rel in (form.get("relative") or {}).items():
+            lines.append(f"  {name}: {rel:.3f}× the given form's latency")
+        if form.get("reason"):
+            lines.append(f"  {form['reason']}")
+    check = manifest.get("verification")
+    if check and "max_abs" in check:
+        lines.append(f"verified against the input model on {check['samples']} sample: max abs {check['max_abs']:.3g}, "
+                     f"cosine {float(check['cosine']):.6f}")
+    elif check:
+        lines.append(f"verification skipped: {check.get('skipped')}")
+    return "\n".join(lines)
+
+
+def describe_targets() -> str:
+    rows = []
+    for name, target in available_targets().items():
+        scheme = target.scheme
+        rows.append([name, target.device, ",".join(target.backends),
+                     f"w {scheme.weights.dtype}{' per-ch' if scheme.weights.per_channel else ''}, "
+                     f"a {scheme.activations.dtype}", target.description])
+    return format_table(["target", "device", "backends", "int8 scheme", "description"], rows)

@@ -1,0 +1,78 @@
+"""MACs/FLOPs, parameters, size and activation memory checked against hand computation."""
+
+from __future__ import annotations
+
+import pytest
+from _graphs import init, make_proto, rand, vi
+from onnx import helper
+
+from presso.ir import compute_cost, load
+
+
+def _single(node, x_shape, y_shape, weights):
+    return load(make_proto([node], [vi("x", x_shape)], [vi("y", y_shape)],
+                           [init(name, rand(shape, seed=i)) for i, (name, shape) in enumerate(weights)]))
+
+
+@pytest.mark.parametrize("node, x, y, weights, macs, extra_flops", [
+    # Conv 4→6, 3×3, pad 1 on 8×8: every output element needs 4·3·3 MACs
+    (helper.make_node("Conv", ["x", "w", "b"], ["y"], name="n", pads=[1, 1, 1, 1]),
+     [1, 4, 8, 8], [1, 6, 8, 8], [("w", [6, 4, 3, 3]), ("b", [6])], 6 * 8 * 8 * 4 * 9, 6 * 8 * 8),
+    # grouped Conv (2 groups): each output sees C_in/group = 2 channels
+    (helper.make_node("Conv", ["x", "w"], ["y"], name="n", group=2),
+     [1, 4, 8, 8], [1, 8, 6, 6], [("w", [8, 2, 3, 3])], 8 * 6 * 6 * 2 * 9, 0),
+    # ConvTranspose 4→3, 3×3: every input element is scattered to 3·3·3 outputs
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="n"),
+     [1, 4, 5, 5], [1, 3, 7, 7], [("w", [4, 3, 3, 3])], 4 * 5 * 5 * 3 * 9, 0),
+    # grouped ConvTranspose: 2 groups, C_out/group = 2
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="n", group=2),
+     [1, 4, 5, 5], [1, 4, 7, 7], [("w", [4, 2, 3, 3])], 4 * 5 * 5 * 2 * 9, 0),
+    # Gemm [5,16]·[16,7] + bias
+    (helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="n"),
+     [5, 16], [5, 7], [("w", [16, 7]), ("b", [7])], 5 * 7 * 16, 5 * 7),
+    # Gemm with transA, transB
+    (helper.make_node("Gemm", ["x", "w"], ["y"], name="n", transA=1, transB=1),
+     [16, 5], [5, 7], [("w", [7, 16])], 5 * 7 * 16, 0),
+    # batched MatMul [2,3,4,8]·[8,6]
+    (helper.make_node("MatMul", ["x", "w"], ["y"], name="n"),
+     [2, 3, 4, 8], [2, 3, 4, 6], [("w", [8, 6])], 2 * 3 * 4 * 6 * 8, 0),
+])
+def test_linear_op_costs(node, x, y, weights, macs, extra_flops):
+    report = compute_cost(_single(node, x, y, weights))
+    (cost,) = report.nodes
+    assert cost.macs == macs
+    assert cost.flops == 2 * macs + extra_flops
+    n_params = sum(int(__import__("numpy").prod(s)) for _, s in weights)
+    assert cost.params == report.params == n_params
+    assert report.param_bytes == 4 * n_params
+    assert report.macs == macs and report.unknown == []
+
+
+def test_activation_memory_and_elementwise_flops():
+    # x[1,8] -> Relu a -> Sigmoid b -> Add(a, b) y : a stays live until the Add
+    proto = make_proto([helper.make_node("Relu", ["x"], ["a"], name="r"),
+                        helper.make_node("Sigmoid", ["a"], ["b"], name="s"),
+                        helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+                       [vi("x", [1, 1000])], [vi("y", [1, 1000])])
+    report = compute_cost(load(proto))
+    assert [n.flops for n in report.nodes] == [1000, 1000, 1000]
+    assert report.macs == 0 and report.params == 0
+    assert report.activation_bytes == 3 * 4000  # a, b, y
+    # live at once: while the Sigmoid runs: x is dead after Relu, a and b are live (8000);
+    # while Add runs: a, b and y (12000)
+    assert report.peak_activation_bytes == 12000
+
+
+def test_unknown_shapes_are_reported_not_guessed():
+    proto = make_proto([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                       [vi("x", ["n", 8])], [vi("y", ["n", 4])], [init("w", rand((8, 4)))])
+    report = compute_cost(load(proto))
+    assert report.nodes[0].macs is None and report.unknown == ["mm"]
+
+
+def test_cost_is_cached_and_dropped_on_invalidate():
+    model = _single(helper.make_node("MatMul", ["x", "w"], ["y"], name="n"), [1, 8], [1, 4], [("w", [8, 4])])
+    first = compute_cost(model)
+    assert compute_cost(model) is first
+    model.invalidate()
+    assert compute_cost(model) is not first
