@@ -99,10 +99,12 @@ class _Subject:
     model: Model | None  # ONNX models run through onnxruntime sessions at any thread count
     artifact: Any = None  # other artifacts run through Artifact.run (thread count is theirs)
     size_bytes: int = 0
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     def runner(self, threads: int | None):
         if self.model is not None:
-            session = create_session(self.model.to_proto(), optimization="all", threads=threads)
+            session = create_session(self.model.to_proto(), optimization="all", threads=threads,
+                                     providers=self.providers)
             names = [o.name for o in session.get_outputs()]
             return lambda feed: dict(zip(names, session.run(None, dict(feed))))
         return self.artifact.run
@@ -150,18 +152,25 @@ def _thread_count(value: Threads) -> int:
 # ---- measuring ----------------------------------------------------------------------------------
 def bench(models: Sequence[Any], data: Any = None, *, threads: Sequence[Threads] = (1, "all"), runs: int = 20,
           warmup: int = 3, samples: int = 32, shapes: Mapping[str, Sequence[int]] | None = None,
-          names: Sequence[str] | None = None, seed: int = 0) -> BenchReport:
+          names: Sequence[str] | None = None, seed: int = 0, target: Any = None) -> BenchReport:
     """Compare ``models`` (paths to .onnx files or artifact folders, ``Model``s, artifacts).
 
     ``data`` (a .npz file, a folder, an iterable of feeds) gives up to ``samples`` inputs for
     agreement; its first sample is the latency input. Without data, random inputs are made
     from the first model's input specs (noted in the report). ``shapes`` fixes dynamic inputs.
+    ``target`` (a name or Target) picks the onnxruntime execution providers (default: CPU).
     """
     if not models:
         raise PressoError("bench needs at least one model")
     if runs < 1 or samples < 1:
         raise PressoError("runs and samples must be at least 1")
     subjects = [_subject(m, i, shapes) for i, m in enumerate(models)]
+    if target is not None:
+        from .target import get_target
+
+        providers = tuple(get_target(target).ort_providers)
+        for subject in subjects:
+            subject.providers = providers
     if names:
         if len(names) != len(subjects):
             raise PressoError(f"{len(names)} names given for {len(subjects)} models")

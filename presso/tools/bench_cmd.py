@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=20, help="interleaved timed runs per model and thread count (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per model before timing (default 3)")
     p.add_argument("--samples", type=int, default=32, help="samples used for output agreement (default 32)")
+    p.add_argument("--target", default=None,
+                   help="target profile whose onnxruntime execution providers run the models (default: CPU)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_shape_option(p)
     p.set_defaults(func=run)
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     threads = parse_threads(args.threads)
     report = bench(args.models, args.data, threads=threads, runs=args.runs, warmup=args.warmup,
-                   samples=args.samples, shapes=parse_shapes(args.shape) or None)
+                   samples=args.samples, shapes=parse_shapes(args.shape) or None, target=args.target)
     if args.json:
         json.dump(report.as_dict(), sys.stdout, indent=2)
         print()

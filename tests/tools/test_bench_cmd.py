@@ -33,7 +33,7 @@ def test_bench_json_report(tiny_model_path, tmp_path, capsys):
 
 
 def test_bench_table_and_random_inputs_note(tiny_model_path, capsys):
-    assert main(["bench", str(tiny_model_path), "--runs", "2", "--threads", "1"]) == 0
+    assert main(["bench", str(tiny_model_path), "--runs", "2", "--threads", "1", "--target", "cpu-x86"]) == 0
     printed = capsys.readouterr().out
     assert "tiny.onnx" in printed and "threads=1 median" in printed and "random inputs" in printed
 
@@ -43,3 +43,5 @@ def test_bench_bad_arguments(tiny_model_path, tmp_path, capsys):
     assert "'many' is neither a number nor 'all'" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "missing.onnx")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", str(tiny_model_path), "--target", "cpu-z80"]) == 1
+    assert "unknown target" in capsys.readouterr().err

@@ -123,11 +123,19 @@ class ChannelGroups:
         ids = np.asarray(ids, dtype=np.int64)
         return np.where(ids >= 0, self.roots[np.maximum(ids, 0)], FIXED)
 
+    def removal_mask(self, removed: set[int]) -> np.ndarray:
+        """A boolean array over ids, True for the ids of the units ``removed`` (roots)."""
+        gone = np.zeros(len(self.roots), dtype=bool)
+        if removed:
+            gone[np.fromiter(removed, dtype=np.int64, count=len(removed))] = True
+        return gone[self.roots]
+
     def keep_mask(self, ids: np.ndarray, removed: set[int] | np.ndarray) -> np.ndarray:
-        """True at each position whose channel stays when the units ``removed`` go."""
-        roots = self.root(ids)
-        gone = np.isin(roots, np.fromiter(removed, dtype=np.int64, count=len(removed)))
-        return (roots == FIXED) | ~gone
+        """True at each position whose channel stays when the units ``removed`` go
+        (a set of roots, or the :meth:`removal_mask` of one, which is faster when reused)."""
+        gone = removed if isinstance(removed, np.ndarray) else self.removal_mask(removed)
+        ids = np.asarray(ids, dtype=np.int64)
+        return (ids < 0) | ~gone[np.maximum(ids, 0)]
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
@@ -274,6 +282,10 @@ class _Builder:
             m = self.maps.get(out.name)
             if m is not None:
                 self.pin(m.ids, f"reaches graph output '{out.name}'")
+        for name, node in _read_by_subgraphs(self.model.graph.nodes).items():
+            m = self.maps.get(name)
+            if m is not None:  # If/Loop/Scan bodies read outer tensors without listing them as inputs
+                self.pin(m.ids, f"read inside the subgraph of {node.op} node '{node_label(node)}'")
         return self.finish()
 
     def finish(self) -> ChannelGroups:
@@ -306,17 +318,17 @@ class _Builder:
         by_group: dict[int, list[int]] = defaultdict(list)
         for b in range(len(self.blocks)):
             by_group[find_block(b)].append(b)
-        group_of_root = {}
+        group_of_root = np.full(len(roots), -1, dtype=np.int64)
         for g, blocks in enumerate(by_group.values()):
             for b in blocks:
                 _, start, count = self.blocks[b]
-                group_of_root.update(dict.fromkeys(roots[start:start + count].tolist(), g))
+                group_of_root[roots[start:start + count]] = g
         members: list[dict[str, None]] = [{} for _ in by_group]
         for p in self.params:
             ids = p.ids[p.ids >= 0]
-            for r in np.unique(roots[ids]).tolist():
-                if r in group_of_root:
-                    members[group_of_root[r]][node_label(p.node)] = None
+            for g in np.unique(group_of_root[roots[ids]]).tolist():
+                if g >= 0:
+                    members[g][node_label(p.node)] = None
         groups = []
         for index, blocks in enumerate(by_group.values()):
             units: dict[int, None] = {}
@@ -389,7 +401,11 @@ class _Builder:
             m = None
         group = int(node.attrs.get("group", 1))
         out_channels, cin_g = int(w.shape[0]), int(w.shape[1])
-        has_bias = len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) and node.inputs[2].name
+        has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        if has_bias and not isinstance(node.inputs[2], gs.Constant):
+            if m is not None:
+                self.pin(m.ids, f"{node.op} node '{node_label(node)}' has a computed bias")
+            return
         if group > 1 and cin_g == 1:  # depthwise (with channel multiplier): in and out move together
             if m is None:
                 return
@@ -429,8 +445,11 @@ class _Builder:
                 self.param(node, 1, 0, m.ids, "in")
         ids = self.new_ids(node, int(w.shape[1]))
         self.param(node, 1, 1, ids, "out")
-        if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) and node.inputs[2].name:
-            self.param(node, 2, 0, ids, "bias")
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            if isinstance(node.inputs[2], gs.Constant):
+                self.param(node, 2, 0, ids, "bias")
+            else:
+                self.pin(ids, f"ConvTranspose node '{node_label(node)}' has a computed bias")
         self.set_map(node.outputs[0], 1, ids)
 
     def gemm(self, node: gs.Node) -> None:
@@ -793,6 +812,29 @@ def slice_spec(node: gs.Node, shape: tuple[int, ...] | None) -> dict[int, tuple[
         a = int(a) % len(shape)
         spec[a] = (*slice(int(s), int(e), int(st)).indices(shape[a])[:2], int(st))
     return spec
+
+
+def _read_by_subgraphs(nodes) -> dict[str, gs.Node]:
+    """Names of tensors read inside subgraph attributes, with the outermost node that holds them."""
+    found: dict[str, gs.Node] = {}
+
+    def subgraphs(node: gs.Node):
+        for value in node.attrs.values():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, gs.Graph):
+                    yield item
+
+    def walk(graph: gs.Graph, owner: gs.Node) -> None:
+        for inner in graph.nodes:
+            for t in inner.inputs:
+                found.setdefault(t.name, owner)
+            for sub in subgraphs(inner):
+                walk(sub, owner)
+
+    for node in nodes:
+        for sub in subgraphs(node):
+            walk(sub, node)
+    return found
 
 
 def _topological(model: Model) -> list[gs.Node]:

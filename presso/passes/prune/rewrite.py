@@ -34,6 +34,7 @@ def remove_channels(model: Model, analysis: ChannelGroups, removed: set[int], *,
     """Remove the units ``removed`` from ``model`` in place; return one record per producer."""
     if not removed:
         return []
+    removed = analysis.removal_mask(removed)  # computed once, reused for every slice
     records = []
     for node, start, count in analysis.blocks:
         keep = analysis.keep_mask(np.arange(start, start + count), removed)
@@ -53,6 +54,7 @@ def zero_channels(model: Model, analysis: ChannelGroups, removed: set[int]) -> i
     how many parameter slices were zeroed. Consumers' weights are zeroed too, so the units
     contribute nothing downstream whatever their activation does at zero."""
     zeroed = 0
+    removed = analysis.removal_mask(removed)
     for p in analysis.params:
         if p.role not in _ZEROED_ROLES and not (p.role == "norm" and p.input_index in (2, 3)):
             continue
@@ -69,7 +71,7 @@ def zero_channels(model: Model, analysis: ChannelGroups, removed: set[int]) -> i
     return zeroed
 
 
-def _slice_params(model: Model, analysis: ChannelGroups, removed: set[int]) -> None:
+def _slice_params(model: Model, analysis: ChannelGroups, removed: np.ndarray) -> None:
     by_input: dict[tuple[int, int], list] = defaultdict(list)
     nodes = {}
     for p in analysis.params:
@@ -119,7 +121,7 @@ def _update_sparsity(model: Model, old: str, new: str, slices, before: np.ndarra
     model.annotations.sparsity[new] = dataclasses.replace(spec, ratio=float(np.mean(after == 0)))
 
 
-def _kept(analysis: ChannelGroups, tensor: gs.Tensor, removed: set[int]) -> int | None:
+def _kept(analysis: ChannelGroups, tensor: gs.Tensor, removed: np.ndarray) -> int | None:
     m = analysis.maps.get(tensor.name)
     return None if m is None else int(analysis.keep_mask(m.ids, removed).sum())
 
@@ -128,11 +130,11 @@ def _replace_vector(model: Model, node: gs.Node, index: int, values: np.ndarray)
     _replace_constant(model, node, index, values, "pruned")
 
 
-def _rewrite_group(model: Model, analysis: ChannelGroups, removed: set[int], node: gs.Node, **facts) -> None:
+def _rewrite_group(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, **facts) -> None:
     node.attrs["group"] = _kept(analysis, node.inputs[0], removed)
 
 
-def _rewrite_reshape(model: Model, analysis: ChannelGroups, removed: set[int], node: gs.Node, **facts) -> None:
+def _rewrite_reshape(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, **facts) -> None:
     if node.op != "Reshape":
         return  # Flatten, Squeeze, Unsqueeze infer their output shape
     out = node.outputs[0]
@@ -154,7 +156,7 @@ def _rewrite_reshape(model: Model, analysis: ChannelGroups, removed: set[int], n
     _replace_vector(model, node, 1, target)
 
 
-def _rewrite_expand(model: Model, analysis: ChannelGroups, removed: set[int], node: gs.Node, *,
+def _rewrite_expand(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, *,
                     rank: int) -> None:
     m = analysis.maps.get(node.outputs[0].name)
     if m is None:
@@ -166,7 +168,7 @@ def _rewrite_expand(model: Model, analysis: ChannelGroups, removed: set[int], no
         _replace_vector(model, node, 1, target)
 
 
-def _rewrite_resize_sizes(model: Model, analysis: ChannelGroups, removed: set[int], node: gs.Node, **facts) -> None:
+def _rewrite_resize_sizes(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, **facts) -> None:
     m = analysis.maps.get(node.outputs[0].name)
     if m is None:
         return
@@ -175,7 +177,7 @@ def _rewrite_resize_sizes(model: Model, analysis: ChannelGroups, removed: set[in
     _replace_vector(model, node, 3, sizes)
 
 
-def _rewrite_split(model: Model, analysis: ChannelGroups, removed: set[int], node: gs.Node, **facts) -> None:
+def _rewrite_split(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, **facts) -> None:
     sizes = np.array([_kept(analysis, out, removed) for out in node.outputs], dtype=np.int64)
     node.attrs.pop("num_outputs", None)
     if model.opset >= 13:
@@ -188,7 +190,7 @@ def _rewrite_split(model: Model, analysis: ChannelGroups, removed: set[int], nod
         node.attrs["split"] = sizes.tolist()
 
 
-def _rewrite_slice(model: Model, analysis: ChannelGroups, removed: set[int], node: gs.Node, *,
+def _rewrite_slice(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, *,
                    start: int, end: int, rank: int) -> None:
     m_in = analysis.maps[node.inputs[0].name]
     keep = analysis.keep_mask(m_in.ids, removed)

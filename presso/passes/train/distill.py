@@ -2,14 +2,14 @@
 
 Loss = α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1−α)·CE(y, z_s) when labels exist (pure
 soft-label distillation, α = 1, when they do not), plus β·Σ‖f_s − f_t‖² over the named
-intermediate tensor pairs ``features=[student:teacher,...]``. A feature whose channel count
+intermediate tensor pairs ``features=[student:teacher,...]`` (β is ``beta``). A feature whose channel count
 (axis 1) differs, e.g. after channel pruning, goes through a learned 1×1 projection that is
 discarded after training. For outputs that are not class scores (rank > 2 with spatial axes,
 such as a detection map) ``objective=auto`` matches outputs with MSE instead (``kl``/``mse``
 force one).
 
 The teacher is ``teacher=original`` (the model as it entered the pipeline, ``ctx.reference``)
-or the path of an ONNX file. It runs in onnxruntime once over the training data; its outputs
+or the path of an ONNX file; ``teacher_output`` names its output when the names differ. It runs in onnxruntime once over the training data; its outputs
 are cached for every epoch, since the data is fixed. Needs data and PyTorch. Does not preserve
 semantics; stats report the KL to the teacher before and after.
 """
@@ -49,15 +49,17 @@ class Distill(TrainingPass):
         if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
             raise PassError(f"pass '{self.name}' needs 0 <= alpha <= 1 and temperature > 0 "
                             f"(got alpha={self.alpha}, temperature={self.temperature})")
-        from .trainer import finish, fit, prepare
+        from .trainer import finish, fit, prepare, torch_threads
 
         teacher = self._teacher(ctx)
         session = prepare(self, model, ctx, learn_scales=learn_scales)
         objective = DistillObjective(self, session, teacher)
-        kl_before = objective.measure_kl()
+        with torch_threads(self.threads):
+            kl_before = objective.measure_kl()
         history = fit(self, session, ctx, objective.step, extra_params=objective.projection_params())
         written = finish(session)
-        kl_after = objective.measure_kl()
+        with torch_threads(self.threads):
+            kl_after = objective.measure_kl()
         stats = {"epochs": self.epochs, "samples": len(session.data), "teacher": self.teacher,
                  "objective": objective.kind,
                  "labels": session.data.labels is not None, "trained_tensors": len(written),
@@ -67,7 +69,6 @@ class Distill(TrainingPass):
         if history:
             stats.update(loss_first=history[0], loss_last=history[-1])
         return PassResult(changed=bool(history), stats=stats, log=session.log)
-
 
     def _teacher(self, ctx: PassContext) -> Model:
         return resolve_teacher(self.teacher, ctx, self.name)

@@ -7,6 +7,7 @@ writes the trained values back into the model's initializers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,8 +89,6 @@ def _batch_agnostic(session: Session) -> bool:
 def fit(p, session: Session, ctx, step_loss: Callable[[np.ndarray], torch.Tensor],
         extra_params: Iterable[torch.nn.Parameter] = ()) -> list[float]:
     """Train for ``p.epochs`` epochs; returns the mean loss of each epoch."""
-    from tqdm.auto import tqdm
-
     executor = session.executor
     params = [*executor.trainable().values(), *extra_params]
     scale_params = [executor.trainable()[n] for n in executor.scale_names if n in executor.trainable()]
@@ -104,7 +103,28 @@ def fit(p, session: Session, ctx, step_loss: Callable[[np.ndarray], torch.Tensor
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, p.epochs * math.ceil(len(session.data) / session.batch)))
     rng = np.random.default_rng(ctx.seed)
-    history = []
+    history: list[float] = []
+    with torch_threads(p.threads):
+        _epochs(p, session, ctx, step_loss, optimizer, schedule, rng, history)
+    return history
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run with ``count`` torch CPU threads (0: unchanged), restoring the previous setting."""
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _epochs(p, session: Session, ctx, step_loss, optimizer, schedule, rng, history: list[float]) -> None:
+    from tqdm.auto import tqdm
+
+    executor = session.executor
     bar = tqdm(range(p.epochs), desc=p.name, unit="epoch", disable=not ctx.progress, leave=False)
     for epoch in bar:
         total, count = 0.0, 0
@@ -124,7 +144,6 @@ def fit(p, session: Session, ctx, step_loss: Callable[[np.ndarray], torch.Tensor
         session.log.append(f"epoch {epoch + 1}/{p.epochs}: loss {history[-1]:.6g}")
         bar.set_postfix(loss=f"{history[-1]:.4g}")
     bar.close()
-    return history
 
 
 def finish(session: Session) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 from prune_graphs import GraphBuilder, feeds_for
 
 from presso.ir import evaluate
@@ -242,3 +243,15 @@ def test_matmul_of_two_computed_tensors_ties_their_shared_axis():
     analysis = channel_groups(model)
     assert group_of(analysis, "matmul1") is group_of(analysis, "matmul2")  # q·kᵀ sums over both
     assert_exact_removal(model)
+
+
+def test_tensors_read_inside_subgraphs_are_pinned():
+    b = GraphBuilder()
+    x = b.relu(b.conv("x", 8, 16))
+    branch = helper.make_graph([helper.make_node("Identity", [x], ["branch_out"])], "branch", [],
+                               [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, None)])
+    cond = b.const(np.array(True))
+    b.nodes.append(helper.make_node("If", [cond], ["if_out"], name="if1", then_branch=branch, else_branch=branch))
+    model = b.build(b.conv("if_out", 16, 4))
+    g = group_of(channel_groups(model), "conv1")
+    assert g.excluded and "subgraph of If node 'if1'" in g.reason
