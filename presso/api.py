@@ -18,7 +18,7 @@ def quantize(
     data: Any,
     *,
     target: Any = "cpu-x86",
-    method: str = "entropy",
+    method: str = "percentile",
     scheme: str | QuantScheme | None = None,
     samples: int | None = None,
     batch: int | None = None,
@@ -33,6 +33,8 @@ def quantize(
 ) -> Model | tuple[Model, PipelineReport]:
     """Post-training static quantization: ``insert-qdq`` → ``calibrate`` → ``fold-qdq``.
 
+    ``method`` defaults to ``percentile`` (99.99): on magika and PP-OCR cls it agreed with the
+    float model more often than ``entropy``, ``mse`` and ``minmax`` (see the report of issue 3).
     ``model`` is a :class:`Model` (left untouched: a copy is quantized) or a path. ``data`` is
     calibration data (a .npz file, a folder of .npy/.npz, or an iterable of input dicts).
     ``target`` (a name or a Target) supplies the default scheme; ``scheme`` overrides it with a

@@ -17,7 +17,7 @@ from ...passes.verify import compare_outputs, within_tolerance
 from ..artifact import base_manifest
 from ..target import Target
 from .artifact import OrtArtifact, open_session
-from .int8_form import is_quantized, select_int8_form
+from .int8_form import is_quantized, scalar_qparams, select_int8_form
 
 # onnxruntime runs opsets 7 and newer; older models are upgraded during legalization.
 MIN_OPSET = 7
@@ -59,6 +59,8 @@ class OnnxRuntimeBackend:
         feed = _sample_feed(model, data)
         form_record = None
         quantized = is_quantized(model)
+        # Same numbers, but onnxruntime's int8 fusions only match scalar Q/DQ parameters.
+        scalarized = scalar_qparams(model) if quantized else 0
         if quantized and select_form:
             skip = _why_not_measure(target, feed)
             if skip:
@@ -76,6 +78,7 @@ class OnnxRuntimeBackend:
             scheme=dataclasses.asdict(target.scheme),
             quantized=quantized,
             int8_form=form_record,
+            scalar_qparams=scalarized,
             legalize={"pipeline": pipeline, "passes": report.as_dict()},
             inputs=tensor_specs(model, model.graph.inputs),
             outputs=tensor_specs(model, model.graph.outputs),

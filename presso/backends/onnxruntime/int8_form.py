@@ -102,6 +102,35 @@ def _shifted(zp: gs.Constant | None, shift: int, np_type: np.dtype, name: str) -
     return gs.Constant(name, np.asarray(values + shift).astype(np_type))
 
 
+def scalar_qparams(model: Model) -> int:
+    """Store one-element per-tensor scales and zero points of Q/DQ nodes as rank-0 scalars.
+
+    The numbers do not change, but onnxruntime's QDQ fusions (``QLinearAdd``, ``QLinearMul``,
+    removing a Clip that the Q's range makes redundant…) only match scalar parameters: with
+    ``[1]``-shaped ones PP-OCRv4 det keeps 88 Adds, 86 Muls and 24 Clips in float between
+    Q/DQ pairs. Returns how many parameters changed.
+    """
+    changed = 0
+    replaced: dict[int, gs.Constant] = {}
+    for node in model.nodes("QuantizeLinear", "DequantizeLinear"):
+        if "axis" in node.attrs or "block_size" in node.attrs:
+            continue  # per-axis or blocked parameters are 1-D by definition
+        for index in (1, 2):
+            if index >= len(node.inputs):
+                continue
+            param = node.inputs[index]
+            if not isinstance(param, gs.Constant) or param.values is None or param.values.shape != (1,):
+                continue
+            if id(param) not in replaced:
+                replaced[id(param)] = gs.Constant(param.name + "_scalar", np.asarray(param.values.reshape(())))
+                changed += 1
+            node.inputs[index] = replaced[id(param)]
+    if changed:
+        model.graph.cleanup(remove_unused_graph_inputs=False)
+        model.invalidate()
+    return changed
+
+
 def divisions_to_multiplications(model: Model) -> int:
     """Rewrite ``DQ → Div(x, c) → Q`` as ``DQ → Mul(x, DQ(1/c)) → Q`` in place.
 

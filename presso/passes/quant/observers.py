@@ -8,7 +8,8 @@ number of samples. The range methods turn the statistics into a clipping range:
 - ``minmax``: the observed range.
 - ``percentile``: the ``p``-th percentile of |x| (symmetric) or the (100−p, p) percentiles.
 - ``entropy``: the threshold minimising the KL divergence between the clipped distribution
-  and its quantized version (TensorRT's calibrator), on |x|, one-sided for x ≥ 0.
+  and its quantized version (TensorRT's calibrator), on |x|, one-sided for x ≥ 0 or x ≤ 0,
+  ignoring exact zeros; min/max when the tensor has too few values for a histogram.
 - ``mse``: the clipping range minimising the expected squared quantization error.
 """
 
@@ -19,6 +20,9 @@ import numpy as np
 from .qmath import compute_qparams, qrange
 
 DEFAULT_BINS = 2048
+# Entropy calibration needs a populated histogram; with fewer values than this per integer
+# level (e.g. the [N, C, 1, 1] vectors of squeeze-excitation blocks) it falls back to min/max.
+MIN_VALUES_PER_LEVEL = 64
 
 
 class RangeObserver:
@@ -82,6 +86,8 @@ class RangeObserver:
         if method == "percentile":
             return _percentile_range(hist, edges, lo, hi, percentile, symmetric)
         if method == "entropy":
+            if self.count < MIN_VALUES_PER_LEVEL * (qrange(dtype)[1] - qrange(dtype)[0] + 1):
+                return lo, hi  # too few values (pooled vectors): the KL minimum is noise
             # ReLU outputs put a spike of exact zeros in the first bin; it would pull the KL
             # threshold down although zero is exact on every grid.
             hist[self.bins // 2] -= min(self.exact_zeros, int(hist[self.bins // 2]))

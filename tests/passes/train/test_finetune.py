@@ -83,3 +83,22 @@ def test_errors_are_clear():
         manager.run(small_cnn(), progress=False)
     with pytest.raises(PassError, match="lr > 0"):
         PassManager.parse("finetune{lr=-1}").run(small_cnn(), data={"x": x}, labels=y, progress=False)
+
+
+def test_a_graph_built_for_batch_one_trains_with_batch_one():
+    # Reshape to [1, -1] bakes the batch into the graph, as many exporters do
+    from onnx import TensorProto, helper
+
+    from _train_models import make_model
+
+    rng = np.random.default_rng(0)
+    model = make_model([helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+                        helper.make_node("Gemm", ["flat", "w"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                       {"shape": np.array([1, -1], np.int64), "w": rng.standard_normal((4, 3)).astype(np.float32)})
+    x = rng.standard_normal((12, 2, 2)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+    report = PassManager.parse("finetune{epochs=2,batch=4}").run(model, data={"x": x}, labels=y, progress=False)
+    assert any("batches of 1" in line for line in report.records[0].result.log)
+    assert report.records[0].result.stats["loss_last"] < report.records[0].result.stats["loss_first"]

@@ -19,7 +19,7 @@ from presso.passes import PassManager, available_passes  # noqa: E402
 @pytest.fixture(scope="module")
 def trained():
     model = small_cnn(seed=0)
-    x, y = blob_task(96)
+    x, y = blob_task(128)
     PassManager.parse("finetune{epochs=6,lr=0.05,batch=16}").run(model, data={"x": x}, labels=y, progress=False)
     return model, x, y
 
@@ -36,7 +36,8 @@ def test_qat_recovers_int4_ptq_and_folds(trained):
     assert stats["quantizers"] > 0 and stats["learn_scales"] and stats["biases_requantized"] == 3
     assert stats["kl_after"] < stats["kl_before"]
     # measured independently with onnxruntime against the float model
-    assert kl_to(float_model, model, x) < 0.7 * kl_to(float_model, ptq, x)
+    assert accuracy(float_model, x, y) > 0.9  # a trained float model, so the comparison means something
+    assert kl_to(float_model, model, x) < 0.5 * kl_to(float_model, ptq, x)
     assert accuracy(model, x, y) >= accuracy(ptq, x, y)
     # trained scales are written into the graph and the annotations alike
     q = next(n for n in model.nodes("QuantizeLinear") if n.inputs[0].name == "w2")

@@ -17,7 +17,6 @@ def _cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12)))
 
 
-@pytest.mark.slow  # ~15 s: 53 convolutions trained on CPU
 def test_finetune_ppocr_cls_lowers_its_loss_and_writes_back_consistently():
     images, labels = zoo.ppocr_cls_inputs(12, seed=3)
     model = load(zoo.ppocr_cls_model())
