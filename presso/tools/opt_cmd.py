@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", metavar="FILE", help="read the pipeline from a YAML or TOML recipe")
     p.add_argument("-o", "--output", metavar="OUT.onnx", help="where to write the transformed model")
     p.add_argument("--data", metavar="PATH", help="input data: a .npz file or a folder of .npy/.npz files")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels for training passes (.npy, or .npz with a 'labels' array); "
+                        "a 'labels' array inside the --data .npz works too")
     p.add_argument("--verify", action="store_true",
                    help="check each pass with onnx.checker and compare outputs with the input model")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance for --verify (default 1e-4)")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                else PassManager.from_recipe(args.recipe, **options))
     model = load_model(args.input, args.shape)
     before = _summary(model)
-    ctx = PassContext(seed=args.seed, progress=not args.no_progress and not args.json)
+    ctx = PassContext(seed=args.seed, progress=not args.no_progress and not args.json, labels=args.labels)
     report = manager.run(model, data=args.data, ctx=ctx)
     after = _summary(model)
     if args.output:

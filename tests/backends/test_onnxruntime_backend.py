@@ -226,3 +226,49 @@ def test_a_float_model_whose_legalization_changed_its_outputs_is_refused(monkeyp
     monkeypatch.setattr(PassManager, "run", faulty_run)
     with pytest.raises(BackendError, match="different outputs"):
         compile(presso.load(conv_model()), "cpu-x86")
+
+
+def _qdq_add_model() -> onnx.ModelProto:
+    """a, b → Q/DQ(u8) → Add → Q/DQ(u8) → y, with [1]-shaped scales and zero points."""
+    from onnx import numpy_helper
+
+    inits = [numpy_helper.from_array(np.array([0.02], np.float32), "s"),
+             numpy_helper.from_array(np.array([128], np.uint8), "zp"),
+             numpy_helper.from_array(np.array([0.04], np.float32), "s_y"),
+             numpy_helper.from_array(np.array([128], np.uint8), "zp_y")]
+    nodes = []
+    for name in ("a", "b"):
+        nodes += [helper.make_node("QuantizeLinear", [name, "s", "zp"], [f"{name}q"], name=f"q_{name}"),
+                  helper.make_node("DequantizeLinear", [f"{name}q", "s", "zp"], [f"{name}d"], name=f"dq_{name}")]
+    nodes += [helper.make_node("Add", ["ad", "bd"], ["sum"], name="add"),
+              helper.make_node("QuantizeLinear", ["sum", "s_y", "zp_y"], ["sq"], name="q_sum"),
+              helper.make_node("DequantizeLinear", ["sq", "s_y", "zp_y"], ["y"], name="dq_sum")]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 32]) for n in ("a", "b")]
+    graph = helper.make_graph(nodes, "add", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _fused_ops(model: Model, tmp_path) -> list[str]:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(model.to_proto().SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node]
+
+
+def test_scalar_qparams_keep_the_numbers_and_let_onnxruntime_fuse(tmp_path):
+    from presso.backends.onnxruntime.int8_form import scalar_qparams
+
+    proto = _qdq_add_model()
+    model = Model.from_proto(proto)
+    assert "QLinearAdd" not in _fused_ops(model, tmp_path)  # why the rewrite exists
+    assert scalar_qparams(model) == 4
+    assert all(model.tensor(n).values.shape == () for n in ("s_scalar", "zp_scalar", "s_y_scalar", "zp_y_scalar"))
+    assert "QLinearAdd" in _fused_ops(model, tmp_path)
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.uniform(-2, 2, (1, 32)).astype(np.float32), "b": rng.uniform(-2, 2, (1, 32)).astype(np.float32)}
+    none = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    np.testing.assert_array_equal(evaluate(model, feeds, optimization="none")["y"], _ort(proto, feeds, none)[0])
+    # compile applies it to every quantized model and records it
+    artifact = compile(Model.from_proto(proto), "cpu-x86", select_form=False)
+    assert artifact.manifest["scalar_qparams"] == 4

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -136,6 +137,26 @@ class ChannelGroups:
         gone = removed if isinstance(removed, np.ndarray) else self.removal_mask(removed)
         ids = np.asarray(ids, dtype=np.int64)
         return (ids < 0) | ~gone[np.maximum(ids, 0)]
+
+    @cached_property
+    def carriers(self) -> list[np.ndarray]:
+        """The units (sorted roots) of every tensor that removal could empty, without repeats.
+
+        A tensor carries channels of one or more units, possibly several positions per unit
+        (a channel shuffle or Flatten repeats ids, a Pad adds positions that stay). Removing
+        units one group at a time under per-group limits could still take *every* unit of one
+        such tensor (a producer coupled with padding or with a wider producer), leaving a
+        zero-channel tensor that no runtime accepts; :func:`select_units` keeps at least one
+        unit of each carrier. Tensors with a ``FIXED`` position can never be emptied and are
+        left out.
+        """
+        seen: dict[bytes, np.ndarray] = {}
+        for m in self.maps.values():
+            if len(m.ids) == 0 or (m.ids < 0).any():
+                continue
+            units = np.unique(self.roots[m.ids])
+            seen.setdefault(units.tobytes(), units)
+        return list(seen.values())
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:

@@ -166,18 +166,59 @@ def select_units(analysis: ChannelGroups, scores: dict[int, float], *, ratio: fl
         for _, i, _k in sorted(ranked)[:count]:
             wanted[i] += 1
     removed: set[int] = set()
+    carriers = _CarrierGuard(analysis)
     for i, (g, order) in candidates.items():
         n = g.channels
         floor = max(min_channels, 1)
         if n <= floor:
             continue
         take = min(wanted[i], len(order), n - floor)
-        kept = n - take
+        picked = carriers.pick(order, take)  # lowest scores first, never emptying a tensor
+        kept = n - len(picked)
         if round_to > 1:
             kept = min(n, math.ceil(kept / round_to) * round_to)
-        take = n - kept
-        removed.update(order[:take])
+        carriers.release(picked[n - kept:])
+        removed.update(picked[:n - kept])
     return removed
+
+
+class _CarrierGuard:
+    """Keeps at least one unit of every tensor that carries pruned channels.
+
+    ``min_channels`` and ``round_to`` count a group's units, but one tensor may hold only some
+    of them (a producer whose channels are added to zero padding or to a wider producer's):
+    removing all of those would leave it with zero channels. Counts the units each carrier
+    (:attr:`ChannelGroups.carriers`) still has, across groups.
+    """
+
+    def __init__(self, analysis: ChannelGroups):
+        self.left: list[int] = []
+        self.of_unit: dict[int, list[int]] = {}
+        for k, units in enumerate(analysis.carriers):
+            self.left.append(len(units))
+            for u in units.tolist():
+                self.of_unit.setdefault(u, []).append(k)
+
+    def pick(self, order: list[int], count: int) -> list[int]:
+        """Up to ``count`` units of ``order``, in order, skipping any whose removal would
+        empty a carrier; their removal is counted."""
+        picked = []
+        for u in order:
+            if len(picked) >= count:
+                break
+            carriers = self.of_unit.get(u, ())
+            if any(self.left[k] <= 1 for k in carriers):
+                continue
+            for k in carriers:
+                self.left[k] -= 1
+            picked.append(u)
+        return picked
+
+    def release(self, units: list[int]) -> None:
+        """Undo :meth:`pick` for ``units`` (they stay after all)."""
+        for u in units:
+            for k in self.of_unit.get(u, ()):
+                self.left[k] += 1
 
 
 class _FlopsEstimator:

@@ -35,6 +35,10 @@ def remove_channels(model: Model, analysis: ChannelGroups, removed: set[int], *,
     if not removed:
         return []
     removed = analysis.removal_mask(removed)  # computed once, reused for every slice
+    for name, m in analysis.maps.items():
+        if len(m.ids) and not analysis.keep_mask(m.ids, removed).any():
+            raise PassError(f"removing these channels would leave tensor '{name}' with none",
+                            hint="keep at least one unit of every tensor (select_units does)")
     records = []
     for node, start, count in analysis.blocks:
         keep = analysis.keep_mask(np.arange(start, start + count), removed)

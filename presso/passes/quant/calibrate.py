@@ -254,8 +254,8 @@ def _quantize_biases(model: Model, log: list[str]) -> int:
         q_const = add_initializer(model, name, q)
         s_const = add_initializer(model, f"{name}_scale", scale)
         z_const = add_initializer(model, f"{name}_zero_point", np.zeros(scale.shape, np.int32))
-        new_dq = add_node(model, "DequantizeLinear", [q_const, s_const, z_const], name=f"{name}_DequantizeLinear",
-                          attrs=qdq_attrs(0 if scale.ndim else None), dtype=values.dtype, shape=list(values.shape))
+        new_dq = add_node(model, "DequantizeLinear", [q_const, s_const, z_const], name=f"{name}_dq",
+                          attrs=qdq_attrs(0 if scale.ndim else None))
         node.inputs[2] = new_dq.outputs[0]
         model.annotations.quant.pop(key, None)
         model.annotations.quant[q_const.name] = QuantSpec("int32", True, 0 if scale.ndim else None,

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import Model
-from ...ir.edit import add_initializer, insert_node_on_edge, producer, replace_all_uses
+from ...ir.edit import add_initializer, insert_node_on_edge, is_graph_output, producer, replace_all_uses
 from .qmath import dequantize
 from .scheme import integer_type_of
 
@@ -65,13 +65,17 @@ def insert_qdq_pair(model: Model, tensor: gs.Tensor, scale: gs.Constant, zero: g
                     axis: int | None, *, consumers: list[gs.Node] | None) -> tuple[gs.Node, gs.Node]:
     """Put Q→DQ on ``tensor`` for ``consumers`` (None: every consumer and the graph outputs)."""
     attrs = qdq_attrs(axis)
-    q = insert_node_on_edge(model, tensor, "QuantizeLinear", name=f"{tensor.name}_QuantizeLinear",
+    q = insert_node_on_edge(model, tensor, "QuantizeLinear", name=f"{tensor.name}_q",
                             extra_inputs=[scale, zero], attrs=attrs, only_for=consumers)
-    q.outputs[0].dtype = zero.values.dtype if zero.values.dtype.itemsize >= 1 and zero.values.dtype.kind in "iu" else None
-    q.outputs[0].shape = tensor.shape if isinstance(tensor, gs.Variable) else list(tensor.shape)
-    dq = insert_node_on_edge(model, q.outputs[0], "DequantizeLinear", name=f"{tensor.name}_DequantizeLinear",
+    # No dtype/shape on the pair's outputs: they would be written as value_info (≈ 2% of an
+    # int8 file) and onnxruntime infers them anyway.
+    q.outputs[0].dtype, q.outputs[0].shape = None, None
+    dq = insert_node_on_edge(model, q.outputs[0], "DequantizeLinear", name=f"{tensor.name}_dq",
                              extra_inputs=[scale, zero], attrs=attrs)
-    dq.outputs[0].dtype = tensor.dtype
+    if not is_graph_output(model, dq.outputs[0]):
+        dq.outputs[0].dtype, dq.outputs[0].shape = None, None
+    else:  # a graph output keeps its declared type
+        dq.outputs[0].dtype, dq.outputs[0].shape = tensor.dtype, tensor.shape
     return q, dq
 
 

@@ -184,3 +184,15 @@ def test_observer_memory_does_not_grow_with_samples():
     assert observer.hist.sum() == 50 * 1000
     lo, hi = observer.compute_range("minmax", "int8", True)
     assert hi == observer.max and lo == observer.min
+
+
+def test_opset_11_without_prepare_is_refused_not_written_unloadable():
+    model = conv_net(opset=11)
+    with pytest.raises(PassError, match="opset"):
+        PassManager([InsertQDQ(prepare=False)]).run(model)
+
+
+def test_exclude_keeps_nodes_float(conv_model, conv_data):
+    _quantized(conv_model, conv_data, exclude=["fc", "conv[0-9]"])
+    assert not [c for c in conv_model.node("fc").inputs if c.inputs and c.inputs[0].op == "DequantizeLinear"]
+    assert conv_model.node("conv1").inputs[1].inputs == []  # float weight, no DQ

@@ -12,15 +12,15 @@ from presso.tools import zoo
 
 @pytest.fixture(scope="module")
 def magika_files():
-    features, files = zoo.magika_dataset(160)
-    if len(features) < 100:
+    features, files = zoo.magika_dataset(256)
+    if len(features) < 160:
         pytest.skip(f"only {len(features)} readable files on this machine")
     return features
 
 
 def test_magika_quantized_agrees_with_float_on_real_files(magika_files):
     model = load(zoo.magika_model())
-    calibration, evaluation = magika_files[:32], magika_files[32:]
+    calibration, evaluation = magika_files[:64], magika_files[64:]
     quantized = presso.quantize(model, {"bytes": calibration}, progress=False)
     assert quantized.nodes("DequantizeLinear") and model is not quantized
     expected = evaluate(model, {"bytes": evaluation})["target_label"].argmax(axis=1)
@@ -52,5 +52,20 @@ def test_ppocr_det_quantizes_and_runs_with_bounded_error():
     quantized = presso.quantize(model, {"x": images[:2]}, progress=False)
     create_session(quantized.to_proto(), optimization="all")
     feed = {"x": images[2:]}
-    err = compare_outputs([evaluate(model, feed)], [evaluate(quantized, feed)])
-    assert err.cosine > 0.95 and err.max_abs < 0.5, err
+    expected, got = evaluate(model, feed), evaluate(quantized, feed)
+    err = compare_outputs([expected], [got])
+    assert err.cosine > 0.9 and err.mean_abs < 0.05, err
+    # the text mask that DB post-processing thresholds at 0.3 stays the same on most pixels
+    name = model.output_names()[0]
+    assert np.mean((expected[name] > 0.3) == (got[name] > 0.3)) > 0.95
+
+
+def test_magika_weight_only_int4(magika_files):
+    model = load(zoo.magika_model())
+    quantized = model.copy()
+    stats = PassManager.parse("quantize-weights{bits=4,block=32}").run(quantized).records[0].result.stats
+    assert stats["matmuls"] == 2 and stats["weight_bytes_ratio"] <= 0.16
+    feed = {"bytes": magika_files[:48]}
+    expected = evaluate(model, feed)["target_label"].argmax(axis=1)
+    got = evaluate(quantized, feed)["target_label"].argmax(axis=1)
+    assert np.mean(expected == got) >= 0.9
