@@ -9,7 +9,7 @@ import sys
 from ..ir.errors import PressoError
 
 # Each module defines `register(subparsers)`, which adds its parser with `func=run`.
-SUBCOMMANDS = ("opt", "compile", "inspect", "bench", "demo")
+SUBCOMMANDS = ("opt", "compile", "inspect", "bench", "demo", "zoo")
 
 
 def build_parser() -> argparse.ArgumentParser:

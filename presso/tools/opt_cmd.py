@@ -101,7 +101,7 @@ def _before_after_table(before: dict, after: dict) -> str:
 def describe_passes() -> str:
     rows = []
     for name, cls in available_passes().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         opts = ", ".join(f"{k}={v.default}" for k, v in cls.options.items())
         rows.append([name, "yes" if cls.preserves_semantics else "no", doc, opts])
     return format_table(["pass", "exact", "what it does", "options (defaults)"], rows)

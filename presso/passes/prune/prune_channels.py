@@ -35,9 +35,10 @@ class PruneChannels(Pass):
     ``scope=global`` ranks all units together (scores divided by their group's mean so that
     groups compare fairly); ``scope=layer`` removes ``ratio`` of every group. ``round_to``:
     the kept count of each group is rounded up to a multiple of it; ``min_channels``: groups
-    keep at least that many. ``keep``: a regex; groups whose producers' names match are not
-    pruned. ``flops_target``: instead of ``ratio``, prune until the FLOPs fall to that
-    fraction of the original (e.g. 0.5). Lossy.
+    keep at least that many. Whatever the options, every tensor keeps at least one channel (a
+    producer coupled with padding or with a wider producer is never emptied). ``keep``: a
+    regex; groups whose producers' names match are not pruned. ``flops_target``: instead of
+    ``ratio``, prune until the FLOPs fall to that fraction of the original (e.g. 0.5). Lossy.
     """
 
     ratio: float = 0.3
