@@ -67,7 +67,10 @@ INT8_SYMMETRIC = QuantScheme(
 # float, and rewriting it as an int8 Mul ("+divmul") took det from ≈0.92× to ≈0.84× float.
 register_target(Target(
     name="cpu-x86", device="cpu", isa="x86_64", features=("avx2",), backends=("onnxruntime", "tvm"),
-    scheme=QuantScheme(weights=TensorScheme("int8", symmetric=True, per_channel=True),
+    # 7-bit weights: without AVX-VNNI, onnxruntime's u8·s8 kernels saturate 16-bit sums; with
+    # them, magika agrees with float on 97.3% of 300 real files (96.0% without) and PP-OCR cls
+    # on 70% vs 69% of rendered images, under ORT's fused int8 kernels.
+    scheme=QuantScheme(weights=TensorScheme("int8", symmetric=True, per_channel=True, reduce_range=True),
                        activations=TensorScheme("uint8", symmetric=False)),
     int8_forms=("qdq-u8", "qdq-s8", "qoperator-u8", "qdq-u8+divmul"),
     tvm_target={"kind": "llvm", "mcpu": "core-avx2"},

@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
         json.dump(artifact.manifest, sys.stdout, indent=2, default=str)
         print()
         return 0
-    print(summary(artifact.manifest, str(folder)))
+    print(summary(artifact.manifest, str(folder), real_data=bool(args.data)))
     return 0
 
 
-def summary(manifest: dict, folder: str) -> str:
+def summary(manifest: dict, folder: str, *, real_data: bool = True) -> str:
     lines = [f"compiled for target '{manifest.get('target')}' with backend '{manifest.get('backend')}' → {folder}"]
     rows = [[key, name, human_bytes(manifest.get("sizes", {}).get(key))]
             for key, name in manifest.get("files", {}).items()]
@@ -85,6 +85,12 @@ def summary(manifest: dict, folder: str) -> str:
     if check and "max_abs" in check:
         lines.append(f"verified against the input model on {check['samples']} sample: max abs {check['max_abs']:.3g}, "
                      f"cosine {float(check['cosine']):.6f}")
+        if manifest.get("int8_form") and not real_data:
+            lines.append("  (random inputs: pass --data with real samples for a meaningful check of an int8 model)")
+        elif float(check["cosine"]) < 0.99:
+            lines.append("warning: the engine's int8 kernels disagree with the quantized model's own semantics "
+                         "(cosine < 0.99); on CPUs without AVX-VNNI re-quantize with 7-bit weights "
+                         "(insert-qdq{reduce_range=true}) or int8 activations (insert-qdq{scheme=s8s8})")
     elif check:
         lines.append(f"verification skipped: {check.get('skipped')}")
     return "\n".join(lines)

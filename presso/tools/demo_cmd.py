@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Quantize magika's standard_v3_3 model to int8 with calibration on real files "
                     "from this machine, then compare it with the float model.",
     )
-    p.add_argument("--method", default="entropy", choices=["minmax", "percentile", "entropy", "mse"],
-                   help="calibration method (default entropy)")
+    p.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
+                   help="calibration method (default percentile)")
     p.add_argument("--calibration-files", type=int, default=200, help="real files used for calibration")
     p.add_argument("--eval-files", type=int, default=300, help="other real files used for evaluation")
     p.add_argument("-o", "--output-dir", default="presso-demo", help="where to write the models")
