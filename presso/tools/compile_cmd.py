@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="onnxruntime: keep a quantized model's int8 form instead of timing the alternatives")
     p.add_argument("--form-rounds", type=int, default=15,
                    help="onnxruntime: interleaved timing rounds per int8 form (default 15)")
+    p.add_argument("--tune", metavar="trials=N", default=None,
+                   help="tvm: MetaSchedule-tune the kernels with N measured trials; the database is kept "
+                        "in OUTDIR/tuning and reused by the next compile into OUTDIR")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--list-targets", action="store_true", help="list the target profiles")
     add_shape_option(p)
@@ -51,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         options = dict(data=args.data, threads=args.threads, select_form=not args.no_select_form,
                        form_rounds=args.form_rounds)
-    elif args.data or args.threads or args.no_select_form:
+    elif args.backend == "tvm":
+        options = dict(output=args.output, tune_trials=_tune_trials(args.tune))
+    if args.tune and args.backend != "tvm":
+        raise PressoError(f"--tune is a tvm option, not {args.backend}'s", hint="add --backend tvm")
+    if args.backend != "onnxruntime" and (args.data or args.threads or args.no_select_form):
         raise PressoError(f"--data, --threads and --no-select-form are onnxruntime options, not {args.backend}'s")
     artifact = compile(model, target=target, backend=args.backend, **options)
     folder = artifact.save(args.output)
@@ -61,6 +68,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(summary(artifact.manifest, str(folder), real_data=bool(args.data)))
     return 0
+
+
+def _tune_trials(text: str | None) -> int:
+    if not text:
+        return 0
+    key, sep, value = text.partition("=")
+    if key.strip() != "trials" or not sep or not value.strip().isdigit():
+        raise PressoError(f"--tune '{text}' must look like trials=N (N ≥ 0)")
+    return int(value)
 
 
 def summary(manifest: dict, folder: str, *, real_data: bool = True) -> str:

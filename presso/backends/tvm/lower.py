@@ -36,11 +36,6 @@ def prepare(model: Model, target: Target, shapes: Mapping[str, Sequence[int]] | 
     return model
 
 
-def symbolic_inputs(model: Model) -> dict[str, list]:
-    """Inputs whose shape still has a symbolic or unknown dimension."""
-    return dynamic_inputs(model)
-
-
 def to_relax(model: Model):
     """Import ``model`` into a Relax ``IRModule`` (weights bound as constants).
 

@@ -77,7 +77,7 @@ def setup(*, quiet: bool = False) -> Path:
             with zipfile.ZipFile(wheel) as archive:
                 for name in archive.namelist():
                     keep_lib = name.endswith(("/lib/libtvm_runtime.so", "/lib/libtvm_ffi.so"))
-                    keep_header = name.startswith("tvm_ffi/include/")
+                    keep_header = name.startswith("tvm_ffi/include/") and not name.endswith("/")
                     if keep_lib:
                         (root / "lib" / Path(name).name).write_bytes(archive.read(name))
                     elif keep_header:

@@ -58,13 +58,27 @@ def tune(fused_mod, target, database_dir: Path, trials: int, *, progress: bool =
         return TuneReport(0, len(extracted), reused, time.perf_counter() - start, len(database))
     per_task = max(MIN_TRIALS_PER_TASK, trials // len(todo))
     total = max(trials, per_task)
-    work_dir = database_dir / "logs"
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        todo, str(work_dir), num_threads=1, seed=seed)
+    # MetaSchedule can crash the whole process (apache-tvm 0.27.0.post1 segfaults inside some
+    # search steps), so it runs in a forked child that writes the database; a crash becomes a
+    # BackendError here instead of killing the caller.
+    status = _in_child(lambda: _run_tuning(todo, target, database_dir, total, per_task, progress, seed))
+    if status != 0:
+        raise BackendError(f"MetaSchedule tuning crashed (exit status {status}) in apache-tvm "
+                           f"{_tvm_version()}", where=str(database_dir),
+                           hint="compile without --tune: the untuned schedules are used")
+    database = open_database(database_dir)
+    return TuneReport(total, len(extracted), reused, time.perf_counter() - start, len(database))
+
+
+def _run_tuning(todo, target, database_dir: Path, total: int, per_task: int, progress: bool, seed: int) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    database = open_database(database_dir)
+    contexts, weights = _contexts(todo, target, seed)
     bar = _ProgressBar(min(total, per_task * len(todo)), enabled=progress)
     try:
         ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+            tasks=contexts, task_weights=weights, work_dir=str(database_dir / "logs"),
             max_trials_global=total, max_trials_per_task=per_task,
             num_trials_per_iter=min(16, per_task),
             # The random model needs no xgboost; with few trials per task it does as well.
@@ -75,12 +89,52 @@ def tune(fused_mod, target, database_dir: Path, trials: int, *, progress: bool =
             runner=ms.runner.LocalRunner(
                 evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=10)),
         )
-    except Exception as exc:
-        raise BackendError(f"MetaSchedule tuning failed: {exc}",
-                           hint="compile without --tune, or with fewer trials") from exc
     finally:
         bar.close()
-    return TuneReport(bar.count, len(extracted), reused, time.perf_counter() - start, len(database))
+
+
+def _in_child(work) -> int:
+    """Run ``work()`` in a forked child; its exit status (0 = success, -N = killed by signal N)."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+def _contexts(tasks, target, seed: int):
+    """TuneContexts with an explicit search space.
+
+    apache-tvm 0.27.0.post1 segfaults (in ToJSONGraph) when a TuneContext is built with the
+    default llvm mutators: MutateComputeLocation and MutateParallel crash, so the space uses
+    the default rules and postprocessors with the tile-size and unroll mutators only.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    contexts, weights = [], []
+    for index, task in enumerate(tasks):
+        space = ms.space_generator.PostOrderApply(
+            sch_rules=ms.schedule_rule.ScheduleRule.create("llvm"),
+            postprocs=ms.postproc.Postproc.create("llvm"),
+            mutator_probs={ms.mutator.MutateTileSize(): 0.9, ms.mutator.MutateUnroll(): 0.1})
+        contexts.append(ms.TuneContext(mod=task.dispatched[0], target=target, space_generator=space,
+                                       search_strategy="evolutionary", task_name=task.task_name,
+                                       rand_state=seed + index, num_threads=1))
+        weights.append(task.weight)
+    return contexts, weights
 
 
 class _ProgressBar:

@@ -4,7 +4,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from conftest import conv_net
+from quant_graphs import conv_net
 from presso.ir import evaluate
 from presso.ir.errors import CalibrationError, PassError
 from presso.passes import PassManager

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import matmul_net
+from quant_graphs import matmul_net
 from presso.ir import evaluate
 from presso.passes import PassManager
 from presso.passes.verify import compare_outputs
