@@ -122,9 +122,13 @@ def _subject(item: Any, index: int, shapes: Mapping[str, Sequence[int]] | None) 
         path = Path(item)
         if path.is_dir():
             artifact = load_artifact(path)
-            model_file = path / artifact.manifest.get("files", {}).get("model", "model.onnx")
-            model = load(model_file) if artifact.backend == "onnxruntime" else None
-            subject = _Subject(path.name, model, artifact=artifact, size_bytes=_file_size(model_file))
+            if artifact.backend == "onnxruntime":
+                model_file = path / artifact.manifest.get("files", {}).get("model", "model.onnx")
+                subject = _Subject(path.name, load(model_file), artifact=artifact, size_bytes=_file_size(model_file))
+            else:  # a compiled library: what ships is every file of the folder but the manifest
+                deployed = sum(f.stat().st_size for f in path.rglob("*")
+                               if f.is_file() and f.name != "manifest.json" and "tuning" not in f.parts)
+                subject = _Subject(path.name, None, artifact=artifact, size_bytes=deployed)
         else:
             subject = _Subject(path.name, load(path), size_bytes=_file_size(path))
     if shapes and subject.model is not None:
