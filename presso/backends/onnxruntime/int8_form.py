@@ -241,10 +241,17 @@ def measure(candidates: list[Candidate], feeds: Mapping[str, np.ndarray], *, thr
             clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, dict[str, float]]]:
     """Median and p90 latency (ms) of every candidate per thread count, runs interleaved."""
     result: dict[str, dict[str, dict[str, float]]] = {c.name: {} for c in candidates}
+    protos: dict[int, object] = {}  # serialize each candidate once, not once per thread count
+
+    def proto(i: int):
+        if i not in protos:
+            protos[i] = candidates[i].model.to_proto()
+        return protos[i]
+
     for count in threads:
         sessions = [c.session if c.session is not None and count == threads[0] else
-                    create_session(c.model.to_proto(), providers=providers, optimization="all", threads=count)
-                    for c in candidates]
+                    create_session(proto(i), providers=providers, optimization="all", threads=count)
+                    for i, c in enumerate(candidates)]
         for session in sessions:
             for _ in range(warmup):
                 session.run(None, dict(feeds))

@@ -282,6 +282,13 @@ class _Builder:
             return
         self.maps[tensor.name] = ChannelMap(axis, np.asarray(ids, dtype=np.int64))
 
+    def pass_through(self, node: gs.Node, m: ChannelMap, blocked: bool, why: str) -> None:
+        """Carry `m` to the node's first output unchanged, or pin its channels when `blocked`."""
+        if blocked:
+            self.pin(m.ids, f"{node.op} node '{node_label(node)}' {why}")
+        else:
+            self.set_map(node.outputs[0], m.axis, m.ids)
+
     def param(self, node: gs.Node, index: int, axis: int, ids: np.ndarray, role: str) -> None:
         self.params.append(ParamSlice(node, index, axis, np.asarray(ids, dtype=np.int64), role))
 
@@ -545,19 +552,13 @@ class _Builder:
         if m is None:
             return
         axis = int(node.attrs.get("axis", -1)) % len(shape) if shape else 0
-        if shape is None or m.axis >= axis:
-            self.pin(m.ids, f"LayerNormalization node '{node_label(node)}' normalizes across them")
-            return
-        self.set_map(node.outputs[0], m.axis, m.ids)
+        self.pass_through(node, m, shape is None or m.axis >= axis, "normalizes across them")
 
     def lrn(self, node: gs.Node) -> None:
         m = self.map_of(node.inputs[0])
         if m is None:
             return
-        if m.axis == 1:
-            self.pin(m.ids, f"LRN node '{node_label(node)}' normalizes across neighbouring channels")
-            return
-        self.set_map(node.outputs[0], m.axis, m.ids)
+        self.pass_through(node, m, m.axis == 1, "normalizes across neighbouring channels")
 
     def softmax(self, node: gs.Node) -> None:
         m = self.map_of(node.inputs[0])
@@ -572,19 +573,13 @@ class _Builder:
             across = m.axis == axis
         else:  # before opset 13 the input is coerced to 2-D at `axis`
             across = m.axis >= int(node.attrs.get("axis", 1)) % len(shape)
-        if across:
-            self.pin(m.ids, f"{node.op} node '{node_label(node)}' normalizes across them")
-            return
-        self.set_map(node.outputs[0], m.axis, m.ids)
+        self.pass_through(node, m, across, "normalizes across them")
 
     def pool(self, node: gs.Node) -> None:
         m = self.map_of(node.inputs[0])
         if m is None:
             return
-        if m.axis > 1:
-            self.pin(m.ids, f"{node.op} node '{node_label(node)}' pools along their axis")
-            return
-        self.set_map(node.outputs[0], m.axis, m.ids)
+        self.pass_through(node, m, m.axis > 1, "pools along their axis")
 
     def resize(self, node: gs.Node) -> None:
         m = self.map_of(node.inputs[0])

@@ -239,7 +239,6 @@ class _FlopsEstimator:
                 continue
             out_map = analysis.maps.get(node.outputs[0].name) if node.outputs else None
             in_map = analysis.maps.get(node.inputs[0].name) if node.inputs else None
-            factors = []
             if node.op in ("ConvTranspose", "GlobalAveragePool", "GlobalMaxPool") or node.op.startswith("Reduce"):
                 factors = [m.ids for m in (in_map, out_map if node.op == "ConvTranspose" else None) if m]
             else:

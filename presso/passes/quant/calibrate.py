@@ -16,7 +16,7 @@ from ...ir.errors import CalibrationError, PassError
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
 from .observers import RangeObserver
-from .qdq import qdq_attrs, qparams, strip_qdq
+from .qdq import constant_quantizers, qdq_attrs, qparams, strip_qdq
 from .qdq import small_list as _small
 from .qmath import channel_range, compute_qparams, dequantize, quantize
 
@@ -191,11 +191,8 @@ def _activation_groups(model: Model) -> dict[str, dict]:
 def _calibrate_constants(model: Model) -> int:
     """Weights and constant operands: scales from their own values (per channel if axis)."""
     done = 0
-    for q in model.nodes("QuantizeLinear"):
-        params = qparams(q)
+    for q, params in constant_quantizers(model):
         x = q.inputs[0]
-        if params is None or not isinstance(x, gs.Constant):
-            continue
         spec = model.annotations.quant.get(x.name)
         symmetric = spec.symmetric if spec is not None else bool(not np.any(params.zero_point.values))
         narrow = spec.reduce_range if spec is not None else False

@@ -14,7 +14,7 @@ from ...ir.edit import add_initializer, detach_node, producer, replace_all_uses
 from ...ir.errors import PassError
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
-from .qdq import qparams
+from .qdq import constant_quantizers, qparams
 from .qmath import quantize
 from .qoperator import lower_to_qoperators
 
@@ -63,11 +63,8 @@ class FoldQDQ(Pass):
 
 def _fold_weights(model: Model) -> int:
     folded = 0
-    for q in model.nodes("QuantizeLinear"):
-        params = qparams(q)
+    for q, params in constant_quantizers(model):
         w = q.inputs[0]
-        if params is None or not isinstance(w, gs.Constant):
-            continue
         ints = quantize(np.asarray(w.values), params.scale.values, params.zero_point.values, params.dtype, params.axis)
         const = add_initializer(model, f"{w.name}_quantized", ints)
         out = q.outputs[0]

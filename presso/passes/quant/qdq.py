@@ -48,6 +48,16 @@ def qparams(node: gs.Node) -> QParams | None:
     return QParams(scale, zero, axis)
 
 
+def constant_quantizers(model: Model) -> list[tuple[gs.Node, QParams]]:
+    """QuantizeLinear nodes on a constant (a weight or constant operand) with constant parameters."""
+    found = []
+    for q in model.nodes("QuantizeLinear"):
+        params = qparams(q)
+        if params is not None and isinstance(q.inputs[0], gs.Constant):
+            found.append((q, params))
+    return found
+
+
 def small_list(values: np.ndarray) -> list | None:
     """Values for a QuantSpec annotation: per-tensor ones only (per-channel scales live in the
     graph; copying them into the metadata JSON would bloat the file)."""

@@ -98,7 +98,8 @@ class DistillObjective:
         student = session.model
         t_output = p.teacher_output or (session.output if session.output in teacher.output_names()
                                         else teacher.output_names()[0])
-        if t_output not in teacher.tensors():
+        tensors = {"student": student.tensors(), "teacher": teacher.tensors()}  # scanned once
+        if t_output not in tensors["teacher"]:
             raise PassError(f"the teacher has no tensor '{t_output}'",
                             hint=f"the teacher's outputs are {teacher.output_names()}")
         t_logits, is_softmax = find_logits(teacher, t_output)
@@ -107,8 +108,8 @@ class DistillObjective:
             if ":" not in item:
                 raise PassError(f"distill feature '{item}' must be 'student_tensor:teacher_tensor'")
             s_name, t_name = (x.strip() for x in item.split(":", 1))
-            for model, name, who in ((student, s_name, "student"), (teacher, t_name, "teacher")):
-                if name not in model.tensors():
+            for name, who in ((s_name, "student"), (t_name, "teacher")):
+                if name not in tensors[who]:
                     raise PassError(f"distill feature: the {who} has no tensor '{name}'",
                                     hint="use `presso inspect --layers` to list tensor names")
             self.pairs.append((s_name, t_name))

@@ -124,7 +124,7 @@ class GraphExecutor(torch.nn.Module):
             names |= self.scale_names
         if freeze:
             patterns = [re.compile(p) for p in freeze]
-            names = {n for n in names if not any(p.fullmatch(n) or p.search(n) for p in patterns)}
+            names = {n for n in names if not any(p.search(n) for p in patterns)}
         self.constants: dict[str, gs.Constant] = {}
         self._keys: dict[str, str] = {}  # tensor name -> parameter/buffer key
         self.params = torch.nn.ParameterDict()
@@ -310,9 +310,10 @@ class GraphExecutor(torch.nn.Module):
             tensor = self.constants[name]
             set_constant(tensor, param.detach().cpu().numpy().astype(np.dtype(tensor.dtype)))
             written.append(name)
+        tensors = self.model.tensors() if self.aliases else {}  # one graph scan, not one per alias
         for alias, source in self.aliases.items():
             if source in params:
-                target = self.model.tensor(alias) if alias in self.model.tensors() else None
+                target = tensors.get(alias)
                 if isinstance(target, gs.Constant):
                     set_constant(target, np.asarray(self.constants[source].values).astype(np.dtype(target.dtype)))
                     written.append(alias)

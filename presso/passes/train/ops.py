@@ -228,6 +228,11 @@ def _auto_pads(node, spatial_in, kernel, strides, dilations):
         return pads
     if auto == "VALID":
         return [(0, 0)] * rank
+    return _explicit_pads(node, rank)
+
+
+def _explicit_pads(node, rank):
+    """The `pads` attribute (begins then ends) as per-axis (begin, end) pairs."""
     flat = list(_attr(node, "pads", [0] * (2 * rank)))
     return list(zip(flat[:rank], flat[rank:]))
 
@@ -244,16 +249,22 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-@op("Conv")
-def _conv(node, x, env):
+def _conv_operands(node, x, table):
+    """Input, weight, bias, spatial rank, kernel, strides and dilations of a (transposed) Conv."""
     inp, weight = x[0], x[1]
     bias = x[2] if len(x) > 2 else None
     rank = weight.dim() - 2
-    if rank not in _CONV:
+    if rank not in table:
         raise _unsupported(node, f"with {rank} spatial dimensions")
     kernel = list(weight.shape[2:])
     strides = list(_attr(node, "strides", [1] * rank))
     dilations = list(_attr(node, "dilations", [1] * rank))
+    return inp, weight, bias, rank, kernel, strides, dilations
+
+
+@op("Conv")
+def _conv(node, x, env):
+    inp, weight, bias, rank, kernel, strides, dilations = _conv_operands(node, x, _CONV)
     pads = _auto_pads(node, list(inp.shape[2:]), kernel, strides, dilations)
     symmetric = all(b == e for b, e in pads)
     if not symmetric:
@@ -264,15 +275,8 @@ def _conv(node, x, env):
 
 @op("ConvTranspose")
 def _conv_transpose(node, x, env):
-    inp, weight = x[0], x[1]
-    bias = x[2] if len(x) > 2 else None
-    rank = weight.dim() - 2
-    if rank not in _CONV_T:
-        raise _unsupported(node, f"with {rank} spatial dimensions")
+    inp, weight, bias, rank, kernel, strides, dilations = _conv_operands(node, x, _CONV_T)
     group = int(_attr(node, "group", 1))
-    kernel = list(weight.shape[2:])
-    strides = list(_attr(node, "strides", [1] * rank))
-    dilations = list(_attr(node, "dilations", [1] * rank))
     out_pad = list(_attr(node, "output_padding", [0] * rank))
     # Full (unpadded) transposed convolution, then output_padding and crop; the bias is added
     # last so that the border from output_padding gets it too. Handles asymmetric pads.
@@ -291,8 +295,7 @@ def _conv_transpose(node, x, env):
     elif auto == "VALID":
         pads = [(0, 0)] * rank
     else:
-        flat = list(_attr(node, "pads", [0] * (2 * rank)))
-        pads = list(zip(flat[:rank], flat[rank:]))
+        pads = _explicit_pads(node, rank)
     if any(out_pad):
         full = F.pad(full, _torch_pad([(0, p) for p in out_pad]))
     out = F.pad(full, _torch_pad([(-b, -e) for b, e in pads]))  # negative pads crop, positive add zeros
@@ -789,12 +792,16 @@ def quant_type_of(node: gs.Node) -> str:
     return "uint8"
 
 
-@op("QuantizeLinear")
-def _quantize(node, x, env):
-    inp, scale = x[0], x[1]
-    zp = x[2] if len(x) > 2 and x[2] is not None else None
+def _qdq_operands(node, x):
+    """Input, scale and zero point (or None) of a QuantizeLinear/DequantizeLinear."""
     if node.attrs.get("block_size"):
         raise _unsupported(node, "with blocked quantization (block_size)")
+    return x[0], x[1], x[2] if len(x) > 2 and x[2] is not None else None
+
+
+@op("QuantizeLinear")
+def _quantize(node, x, env):
+    inp, scale, zp = _qdq_operands(node, x)
     qtype = quant_type_of(node)
     if qtype not in QUANT_RANGES:
         raise _unsupported(node, f"to type {qtype}")
@@ -810,10 +817,7 @@ def _quantize(node, x, env):
 
 @op("DequantizeLinear")
 def _dequantize(node, x, env):
-    q, scale = x[0], x[1]
-    zp = x[2] if len(x) > 2 and x[2] is not None else None
-    if node.attrs.get("block_size"):
-        raise _unsupported(node, "with blocked quantization (block_size)")
+    q, scale, zp = _qdq_operands(node, x)
     dtype = env.float_dtype if not scale.is_floating_point() else scale.dtype
     q = q.to(dtype)
     axis = int(_attr(node, "axis", 1))

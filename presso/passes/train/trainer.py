@@ -90,8 +90,9 @@ def fit(p, session: Session, ctx, step_loss: Callable[[np.ndarray], torch.Tensor
         extra_params: Iterable[torch.nn.Parameter] = ()) -> list[float]:
     """Train for ``p.epochs`` epochs; returns the mean loss of each epoch."""
     executor = session.executor
-    params = [*executor.trainable().values(), *extra_params]
-    scale_params = [executor.trainable()[n] for n in executor.scale_names if n in executor.trainable()]
+    trainable = executor.trainable()
+    params = [*trainable.values(), *extra_params]
+    scale_params = [trainable[n] for n in executor.scale_names if n in trainable]
     scale_ids = {id(s) for s in scale_params}
     groups = [{"params": [q for q in params if id(q) not in scale_ids]}]
     if scale_params:
