@@ -28,6 +28,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from presso.ir import Model, compute_cost, create_session, evaluate, fix_input_shapes, load
+from presso.ir.analysis.shapes import forget_intermediate_shapes
 from presso.ir.table import format_table
 from presso.passes import PassContext, PassManager, available_passes
 
@@ -79,16 +80,10 @@ def cnn(seed: int = 0) -> Model:
 
 def free_batch(model: Model) -> Model:
     """Give a model whose input shapes were fixed for pruning its dynamic batch axis back."""
-    import onnx_graphsurgeon as gs
-
     for t in [*model.graph.inputs, *model.graph.outputs]:
         if t.shape is not None:
             t.shape = ["N", *t.shape[1:]]
-    interface = {id(t) for t in [*model.graph.inputs, *model.graph.outputs]}
-    for t in model.graph.tensors().values():
-        if isinstance(t, gs.Variable) and id(t) not in interface:
-            t.shape = None
-    model.invalidate()
+    forget_intermediate_shapes(model)
     return model
 
 

@@ -24,6 +24,7 @@ from ..ir import DataSource, Model, check_finite, create_session, load, random_f
 from ..ir.analysis.shapes import dynamic_inputs, fix_input_shapes
 from ..ir.errors import PressoError
 from ..ir.table import format_table, human_bytes
+from ..passes.verify import compare_pairs, top1_agreement
 
 Threads = int | str  # a count, or "all"
 
@@ -268,47 +269,25 @@ def _outputs(subject: _Subject, feeds: list[dict[str, np.ndarray]]) -> list[dict
 def agreement(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]]) -> dict[str, float | None]:
     """Max abs difference, cosine similarity and top-1 agreement of ``candidate`` outputs.
 
-    Outputs are matched by name, or by position when the names differ. Top-1 is measured on
-    the outputs that the reference makes distributions (non-negative, summing to 1 over the
-    last axis of size ≥ 2), and is ``None`` when there are none.
+    The metrics are verification's (:mod:`presso.passes.verify`) over every output of every
+    sample. Outputs are matched by name, or by position when the names differ. Top-1 is
+    measured on the outputs that the reference makes distributions (non-negative, summing to 1
+    over the last axis of size ≥ 2), and is ``None`` when there are none.
     """
-    ref_parts, cand_parts, top1_hits, top1_total = [], [], 0, 0
-    for ref, cand in zip(reference, candidate, strict=True):
-        pairs = _pair_outputs(ref, cand)
-        for r, c in pairs:
-            r = np.asarray(r, dtype=np.float64)
-            c = np.asarray(c, dtype=np.float64)
-            if r.shape != c.shape:
-                raise PressoError(f"outputs differ in shape: {list(r.shape)} vs {list(c.shape)}",
-                                  hint="compare models that compute the same outputs")
-            ref_parts.append(r.ravel())
-            cand_parts.append(c.ravel())
-            if is_distribution(r):
-                top1_hits += int(np.sum(np.argmax(r, axis=-1) == np.argmax(c, axis=-1)))
-                top1_total += int(np.prod(r.shape[:-1]))
-    ref_all = np.concatenate(ref_parts) if ref_parts else np.zeros(0)
-    cand_all = np.concatenate(cand_parts) if cand_parts else np.zeros(0)
-    finite = np.isfinite(ref_all) & np.isfinite(cand_all)
-    diff = np.abs(ref_all - cand_all)
-    max_abs = float(diff[finite].max()) if finite.any() else 0.0
-    if not finite.all():
-        max_abs = float("inf") if np.any(np.isfinite(ref_all) != np.isfinite(cand_all)) else max_abs
-    norm = float(np.linalg.norm(ref_all[finite]) * np.linalg.norm(cand_all[finite]))
-    cosine = float(np.dot(ref_all[finite], cand_all[finite]) / norm) if norm > 0 else float(max_abs == 0)
-    return {"max_abs": max_abs, "cosine": cosine, "top1": (top1_hits / top1_total) if top1_total else None}
+    pairs = [(name, r, c) for ref, cand in zip(reference, candidate, strict=True)
+             for name, r, c in _pair_outputs(ref, cand)]
+    try:
+        error = compare_pairs(pairs)
+    except ValueError as exc:
+        raise PressoError(f"the models' outputs differ: {exc}",
+                          hint="compare models that compute the same outputs") from None
+    return {"max_abs": error.max_abs, "cosine": error.cosine, "top1": top1_agreement(pairs)}
 
 
-def _pair_outputs(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]):
+def _pair_outputs(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, reference, candidate) per reference output: by name, else by position."""
     if set(ref) <= set(cand):
-        return [(ref[k], cand[k]) for k in ref]
+        return [(k, ref[k], cand[k]) for k in ref]
     if len(ref) != len(cand):
         raise PressoError(f"models have different outputs: {sorted(ref)} vs {sorted(cand)}")
-    return list(zip(ref.values(), cand.values()))
-
-
-def is_distribution(values: np.ndarray, *, atol: float = 1e-3) -> bool:
-    """True when ``values`` holds probability vectors along its last axis."""
-    values = np.asarray(values)
-    if values.ndim < 1 or values.shape[-1] < 2 or values.size == 0 or not np.all(np.isfinite(values)):
-        return False
-    return bool(np.all(values >= -atol) and np.allclose(values.sum(axis=-1), 1.0, atol=atol * values.shape[-1]))
+    return [(k, r, c) for (k, r), c in zip(ref.items(), cand.values())]

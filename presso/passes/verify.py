@@ -1,8 +1,12 @@
-"""Numeric comparison of model outputs: the metrics every verification reports."""
+"""Numeric comparison of model outputs: the metrics every verification and ``presso bench``
+reports (max and mean abs error, SQNR, cosine, max relative error, top-1 agreement), a
+per-output tolerance check, and ``onnx.checker`` without weight data. Reads outputs only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -11,41 +15,86 @@ from ..ir import Model
 from .base import ErrorMetrics
 
 Outputs = Mapping[str, np.ndarray]
+# One output of one sample: (output name, reference value, candidate value).
+OutputPair = tuple[str, Any, Any]
 
 
 def compare_outputs(reference: Sequence[Outputs], candidate: Sequence[Outputs]) -> ErrorMetrics:
-    """Error of ``candidate`` against ``reference`` over every output of every sample."""
+    """Error of ``candidate`` against ``reference`` over every output of every sample.
+
+    Outputs are matched by name; ``ValueError`` when one changed shape.
+    """
+    return compare_pairs((name, ref_value, cand[name])
+                         for ref, cand in zip(reference, candidate, strict=True)
+                         for name, ref_value in ref.items())
+
+
+def compare_pairs(pairs: Iterable[OutputPair]) -> ErrorMetrics:
+    """:func:`metrics` over the concatenation of every pair; ``ValueError`` when a pair's
+    candidate has another shape than its reference."""
     ref_parts, cand_parts = [], []
-    for ref, cand in zip(reference, candidate, strict=True):
-        for name, ref_value in ref.items():
-            cand_value = np.asarray(cand[name])
-            if cand_value.shape != np.shape(ref_value):
-                raise ValueError(f"output '{name}' changed shape from {np.shape(ref_value)} to {cand_value.shape}")
-            ref_parts.append(np.asarray(ref_value, dtype=np.float64).ravel())
-            cand_parts.append(cand_value.astype(np.float64).ravel())
+    for name, ref_value, cand_value in pairs:
+        ref_value = np.asarray(ref_value, dtype=np.float64)
+        cand_value = np.asarray(cand_value, dtype=np.float64)
+        if cand_value.shape != ref_value.shape:
+            raise ValueError(f"output '{name}' changed shape from {ref_value.shape} to {cand_value.shape}")
+        ref_parts.append(ref_value.ravel())
+        cand_parts.append(cand_value.ravel())
     if not ref_parts:
         return ErrorMetrics(0.0, 0.0, float("inf"), 1.0, 0.0)
-    ref_all = np.concatenate(ref_parts)
-    cand_all = np.concatenate(cand_parts)
-    return metrics(ref_all, cand_all)
+    return metrics(np.concatenate(ref_parts), np.concatenate(cand_parts))
 
 
 def metrics(ref: np.ndarray, cand: np.ndarray) -> ErrorMetrics:
+    """Error of ``cand`` against ``ref``, both flattened to float64.
+
+    Non-finite values: a position where both hold the same non-finite value (both NaN, or the
+    same infinity) agrees; any other position with a non-finite value on either side is an
+    infinite error. Cosine is over the positions where both are finite; the SQNR signal and
+    the scale of ``max_rel`` are over the reference's finite values.
+    """
     ref = np.asarray(ref, dtype=np.float64).ravel()
     cand = np.asarray(cand, dtype=np.float64).ravel()
-    both_nan = np.isnan(ref) & np.isnan(cand)
-    diff = np.where(both_nan, 0.0, np.abs(ref - cand))
-    diff = np.nan_to_num(diff, nan=np.inf)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    mean_abs = float(diff.mean()) if diff.size else 0.0
-    signal = float(np.sum(np.nan_to_num(ref) ** 2))
-    noise = float(np.sum(diff**2))
-    sqnr = float("inf") if noise == 0 else (10 * np.log10(signal / noise) if signal > 0 else float("-inf"))
-    norm = np.linalg.norm(np.nan_to_num(ref)) * np.linalg.norm(np.nan_to_num(cand))
-    cosine = float(np.dot(np.nan_to_num(ref), np.nan_to_num(cand)) / norm) if norm > 0 else float(max_abs == 0)
-    scale = float(np.max(np.abs(np.nan_to_num(ref)))) if ref.size else 0.0
+    finite = np.isfinite(ref) & np.isfinite(cand)
+    with np.errstate(invalid="ignore", divide="ignore"):  # inf − inf and log10(0) are handled below
+        diff = np.abs(ref - cand)
+        if finite.all():  # the usual case: no masked copies
+            ref_finite, cand_finite, ref_values = ref, cand, ref
+        else:
+            same = (ref == cand) | (np.isnan(ref) & np.isnan(cand))
+            diff = np.where(finite, diff, np.where(same, 0.0, np.inf))
+            ref_finite, cand_finite, ref_values = ref[finite], cand[finite], ref[np.isfinite(ref)]
+        max_abs = float(diff.max()) if diff.size else 0.0
+        mean_abs = float(diff.mean()) if diff.size else 0.0
+        signal = float(np.sum(ref_values**2))
+        noise = float(np.sum(diff**2))
+        sqnr = float("inf") if noise == 0 else (float(10 * np.log10(signal / noise)) if signal > 0 else float("-inf"))
+    norm = np.linalg.norm(ref_finite) * np.linalg.norm(cand_finite)
+    cosine = float(np.dot(ref_finite, cand_finite) / norm) if norm > 0 else float(max_abs == 0)
+    scale = float(np.max(np.abs(ref_values))) if ref_values.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     return ErrorMetrics(max_abs=max_abs, mean_abs=mean_abs, sqnr_db=sqnr, cosine=cosine, max_rel=max_rel)
+
+
+def is_distribution(values: np.ndarray, *, atol: float = 1e-3) -> bool:
+    """True when ``values`` holds probability vectors along its last axis (non-negative,
+    summing to 1, at least two classes), e.g. a softmax output."""
+    values = np.asarray(values)
+    if values.ndim < 1 or values.shape[-1] < 2 or values.size == 0 or not np.all(np.isfinite(values)):
+        return False
+    return bool(np.all(values >= -atol) and np.allclose(values.sum(axis=-1), 1.0, atol=atol * values.shape[-1]))
+
+
+def top1_agreement(pairs: Iterable[OutputPair]) -> float | None:
+    """Share of rows whose argmax over the last axis is the same in candidate and reference,
+    over the pairs whose reference :func:`is_distribution`; ``None`` when none is."""
+    hits = total = 0
+    for _, ref_value, cand_value in pairs:
+        ref_value = np.asarray(ref_value, dtype=np.float64)
+        if is_distribution(ref_value):
+            hits += int(np.sum(np.argmax(ref_value, axis=-1) == np.argmax(np.asarray(cand_value), axis=-1)))
+            total += int(np.prod(ref_value.shape[:-1]))
+    return hits / total if total else None
 
 
 def within_tolerance(reference: Sequence[Outputs], candidate: Sequence[Outputs], *,

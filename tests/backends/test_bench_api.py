@@ -5,8 +5,9 @@ import pytest
 from backend_models import conv_model, softmax_model
 
 import presso
-from presso.backends.benchmark import agreement, bench, is_distribution
+from presso.backends.benchmark import agreement, bench
 from presso.ir import PressoError
+from presso.passes.verify import compare_outputs
 
 
 def _ort(path, x, name="x"):
@@ -86,14 +87,18 @@ def test_bench_errors(tmp_path, softmax_pair):
         bench([a], nan, threads=(1,), runs=1)
 
 
-def test_is_distribution_and_agreement_edge_cases():
+def test_agreement_edge_cases():
     softmax = np.exp(np.arange(6.0)).reshape(2, 3)
     softmax /= softmax.sum(-1, keepdims=True)
-    assert is_distribution(softmax)
-    assert not is_distribution(1 / (1 + np.exp(-np.ones((1, 1, 4, 4)))))  # a sigmoid map
-    assert not is_distribution(np.array([[0.5, 0.5, 0.5]]))
-    assert not is_distribution(np.array([[np.nan, 1.0]]))
     result = agreement([{"p": softmax}], [{"q": softmax[:, ::-1]}])  # matched by position
     assert result["top1"] == 0.0 and result["max_abs"] > 0
-    with pytest.raises(PressoError, match="shape"):
+    with pytest.raises(PressoError, match="output 'p' changed shape"):
         agreement([{"p": softmax}], [{"p": softmax[:1]}])
+    with pytest.raises(PressoError, match="different outputs"):
+        agreement([{"p": softmax}], [{"q": softmax, "r": softmax}])
+    # the same numbers as verification's, over every output of every sample
+    rng = np.random.default_rng(0)
+    ref = [{"p": softmax, "f": rng.standard_normal(5)}, {"p": softmax[::-1], "f": rng.standard_normal(5)}]
+    cand = [{k: v + 0.01 * rng.standard_normal(v.shape) for k, v in r.items()} for r in ref]
+    error = compare_outputs(ref, cand)
+    assert agreement(ref, cand) == {"max_abs": error.max_abs, "cosine": error.cosine, "top1": 1.0}

@@ -152,13 +152,19 @@ def fix_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None = 
             tensor.shape = wanted
             changed.append(name)
     if changed:
-        # Stale inferred shapes of intermediate tensors would contradict the new inputs.
-        interface = {id(t) for t in [*model.graph.inputs, *model.graph.outputs]}
-        for tensor in model.graph.tensors().values():
-            if isinstance(tensor, gs.Variable) and id(tensor) not in interface:
-                tensor.shape = None
-        model.invalidate()
+        forget_intermediate_shapes(model)
     return changed
+
+
+def forget_intermediate_shapes(model: Model) -> None:
+    """Drop the shapes of every variable but the graph's inputs and outputs, and the cached
+    analyses: call after changing the interface shapes, whose stale inferred shapes inside the
+    graph would contradict them. Shape inference fills them in again."""
+    interface = {id(t) for t in [*model.graph.inputs, *model.graph.outputs]}
+    for tensor in model.graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in interface:
+            tensor.shape = None
+    model.invalidate()
 
 
 def dynamic_inputs(model: Model) -> dict[str, list[Dim]]:

@@ -40,6 +40,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import Model
+from ...ir.analysis.graphview import topological_nodes
 from ...ir.analysis.shapes import infer_tensor_infos
 from ...ir.table import format_table
 
@@ -294,7 +295,7 @@ class _Builder:
 
     # ---- driver ----------------------------------------------------------------------------
     def build(self) -> ChannelGroups:
-        for node in _topological(self.model):
+        for node in topological_nodes(self.model):
             rule = _RULES.get(node.op)
             if node.domain not in ("", "ai.onnx", None):
                 rule = None
@@ -851,29 +852,6 @@ def _read_by_subgraphs(nodes) -> dict[str, gs.Node]:
         for sub in subgraphs(node):
             walk(sub, node)
     return found
-
-
-def _topological(model: Model) -> list[gs.Node]:
-    """Nodes in an order where producers come before consumers (Kahn's algorithm)."""
-    nodes = list(model.graph.nodes)
-    index = {id(n): i for i, n in enumerate(nodes)}
-    pending = [0] * len(nodes)
-    users: list[list[int]] = [[] for _ in nodes]
-    for i, n in enumerate(nodes):
-        producers = {index[id(p)] for t in n.inputs for p in t.inputs if id(p) in index}
-        pending[i] = len(producers)
-        for p in producers:
-            users[p].append(i)
-    ready = [i for i in range(len(nodes)) if pending[i] == 0]
-    order = []
-    while ready:
-        i = ready.pop(0)
-        order.append(nodes[i])
-        for u in users[i]:
-            pending[u] -= 1
-            if pending[u] == 0:
-                ready.append(u)
-    return order
 
 
 _RULES = {

@@ -20,7 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import Model
-from ...ir.analysis.shapes import apply_inferred_shapes
+from ...ir.analysis.shapes import apply_inferred_shapes, forget_intermediate_shapes
 from ...ir.annotations import PruneRecord
 from ...ir.edit import add_initializer, set_constant
 from ...ir.errors import PassError
@@ -228,10 +228,7 @@ _REWRITES = {
 
 def _refresh_shapes(model: Model) -> None:
     """Forget every intermediate shape (they spell old channel counts) and infer them again."""
-    interface = {id(t) for t in [*model.graph.inputs, *model.graph.outputs]}
-    for tensor in model.graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and id(tensor) not in interface:
-            tensor.shape = None
+    forget_intermediate_shapes(model)
     model.graph.cleanup(remove_unused_graph_inputs=False)
     model.invalidate()
     apply_inferred_shapes(model)

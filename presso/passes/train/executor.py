@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from ...ir import Model
+from ...ir.analysis.graphview import topological_nodes
 from ...ir.edit import set_constant
 from ...ir.errors import PressoError, UnsupportedOpError
 from .ops import OPS, QUANT_RANGES, OpEnv, grad_scale, quant_type_of, to_torch
@@ -64,35 +65,6 @@ def default_trainable(model: Model) -> set[str]:
             else:
                 frozen.add(tensor.name)
     return candidates - frozen
-
-
-def topological_nodes(model: Model) -> list[gs.Node]:
-    """The graph's nodes in an order where every producer precedes its consumers."""
-    nodes = list(model.graph.nodes)
-    producer = {}
-    for i, node in enumerate(nodes):
-        for t in node.outputs:
-            producer[id(t)] = i
-    indegree = [0] * len(nodes)
-    users: list[list[int]] = [[] for _ in nodes]
-    for i, node in enumerate(nodes):
-        deps = {producer[id(t)] for t in node.inputs if id(t) in producer}
-        indegree[i] = len(deps)
-        for d in deps:
-            users[d].append(i)
-    ready = [i for i, d in enumerate(indegree) if d == 0]
-    order = []
-    while ready:
-        i = ready.pop(0)
-        order.append(i)
-        for u in users[i]:
-            indegree[u] -= 1
-            if indegree[u] == 0:
-                ready.append(u)
-    if len(order) != len(nodes):
-        stuck = next(nodes[i] for i, d in enumerate(indegree) if d > 0)
-        raise PressoError("the graph has a cycle", where=f"node '{stuck.name}' ({stuck.op})")
-    return [nodes[i] for i in order]
 
 
 class GraphExecutor(torch.nn.Module):

@@ -1,4 +1,5 @@
-"""Tiny ONNX graphs for the pruning tests, built with onnx.helper and random weights."""
+"""Tiny ONNX graphs for the pruning tests, built with onnx.helper and random weights, and the
+exact-removal check that several of them share."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from presso.ir import Model, load
+from presso.ir import Model, evaluate, load
+from presso.passes.prune import channel_groups
+from presso.passes.prune.importance import unit_scores
+from presso.passes.prune.prune_channels import select_units
+from presso.passes.prune.rewrite import remove_channels, zero_channels
 
 
 class GraphBuilder:
@@ -86,3 +91,25 @@ def perturb_weights(model: Model, seed: int = 0) -> None:
         if values.dtype == np.float32 and values.size > 1:
             set_constant(tensor, (values * rng.uniform(0.5, 1.5, values.shape)).astype(np.float32))
     model.invalidate()
+
+
+def assert_exact_removal(model: Model, *, ratio: float = 0.5, seed: int = 0, rtol: float = 1e-5,
+                         expect_removal: bool = True) -> set[int]:
+    """Zero a random ``ratio`` of the units of each layer (weights, biases, BN shifts,
+    consumers' columns), then remove them: the outputs must not change, and the model must stay
+    valid. Returns the removed units."""
+    analysis = channel_groups(model)
+    scores, _ = unit_scores(model, analysis, "random", seed=seed)
+    removed = select_units(analysis, scores, ratio=ratio, scope="layer", round_to=1, min_channels=1)
+    if expect_removal:
+        assert removed, "the test graph should have something to remove"
+    feeds = feeds_for(model, seed)
+    zero_channels(model, analysis, removed)
+    model.invalidate()
+    reference = evaluate(model, feeds)
+    remove_channels(model, analysis, removed)
+    onnx.checker.check_model(model.to_proto(), full_check=True)
+    result = evaluate(model, feeds)
+    for name, ref in reference.items():
+        np.testing.assert_allclose(result[name], ref, rtol=rtol, atol=1e-5, err_msg=name)
+    return removed

@@ -3,39 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
-from prune_graphs import GraphBuilder, feeds_for
+from prune_graphs import GraphBuilder, assert_exact_removal
 
-from presso.ir import evaluate
 from presso.passes.prune import channel_groups
-from presso.passes.prune.importance import unit_scores
-from presso.passes.prune.prune_channels import select_units
-from presso.passes.prune.rewrite import remove_channels, zero_channels
 
 
 def group_of(analysis, source: str):
     return next(g for g in analysis.groups if source in g.sources)
-
-
-def assert_exact_removal(model, *, ratio: float = 0.5, seed: int = 0) -> set[int]:
-    """Zero half of the units (weights, biases, BN shifts, consumers' columns), then remove
-    them: the outputs must not change, and the model must stay valid."""
-    analysis = channel_groups(model)
-    scores, _ = unit_scores(model, analysis, "random", seed=seed)
-    removed = select_units(analysis, scores, ratio=ratio, scope="layer", round_to=1, min_channels=1)
-    assert removed, "the test graph should have something to remove"
-    feeds = feeds_for(model, seed)
-    zero_channels(model, analysis, removed)
-    model.invalidate()
-    reference = evaluate(model, feeds)
-    remove_channels(model, analysis, removed)
-    onnx.checker.check_model(model.to_proto(), full_check=True)
-    result = evaluate(model, feeds)
-    for name, ref in reference.items():
-        np.testing.assert_allclose(result[name], ref, rtol=1e-5, atol=1e-5, err_msg=name)
-    return removed
 
 
 def test_residual_add_ties_producers():

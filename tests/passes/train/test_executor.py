@@ -153,21 +153,25 @@ def test_unsupported_op_names_the_node():
         GraphExecutor(model)
 
 
+def _gradcheck(executor, names, x_shape, output: str) -> bool:
+    """torch.autograd.gradcheck of ``output`` w.r.t. input ``x`` and the parameters ``names``."""
+    keys = [f"params.{executor._keys[n]}" for n in names]
+
+    def fn(x, *values):
+        return torch.func.functional_call(executor, dict(zip(keys, values)), ({"x": x},))[output]
+
+    x = torch.randn(*x_shape, dtype=torch.float64, requires_grad=True)
+    values = [executor.trainable()[n].detach().clone().requires_grad_(True) for n in names]
+    return torch.autograd.gradcheck(fn, (x, *values), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
 def test_gradients_match_finite_differences_in_float64():
     """torch.autograd.gradcheck through Conv, BN, Relu, pooling, Gemm and Softmax."""
     model = small_cnn(channels=2, classes=3, size=4)
     executor = GraphExecutor(model, float_dtype=torch.float64)
     assert {"w1", "w2", "fc", "gamma", "beta", "b1", "fcb"} <= set(executor.trainable())
     assert "mean" not in executor.trainable() and "var" not in executor.trainable()  # statistics stay
-    names = ["w1", "gamma", "w2", "fc"]
-    keys = [f"params.{executor._keys[n]}" for n in names]
-
-    def fn(x, *values):
-        return torch.func.functional_call(executor, dict(zip(keys, values)), ({"x": x},))["probs"]
-
-    x = torch.randn(2, 1, 4, 4, dtype=torch.float64, requires_grad=True)
-    values = [executor.trainable()[n].detach().clone().requires_grad_(True) for n in names]
-    assert torch.autograd.gradcheck(fn, (x, *values), eps=1e-6, atol=1e-5, fast_mode=True)
+    assert _gradcheck(executor, ["w1", "gamma", "w2", "fc"], (2, 1, 4, 4), "probs")
 
 
 def test_gradients_through_activation_zoo_in_float64():
@@ -181,15 +185,7 @@ def test_gradients_through_activation_zoo_in_float64():
                        {"w": _f(3, 2, 3, 3), "sc": np.array([1, 1, 2, 2], np.float32), "g": _f(3, 3, 3),
                         "b": _f(3, 3, 3)})
     executor = GraphExecutor(model, float_dtype=torch.float64)
-    names = sorted(executor.trainable())
-    keys = [f"params.{executor._keys[n]}" for n in names]
-
-    def fn(x, *values):
-        return torch.func.functional_call(executor, dict(zip(keys, values)), ({"x": x},))["y"]
-
-    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    values = [executor.trainable()[n].detach().clone().requires_grad_(True) for n in names]
-    assert torch.autograd.gradcheck(fn, (x, *values), eps=1e-6, atol=1e-5, fast_mode=True)
+    assert _gradcheck(executor, sorted(executor.trainable()), (1, 2, 3, 3), "y")
 
 
 def test_fake_quant_gradients_are_straight_through_and_lsq():
