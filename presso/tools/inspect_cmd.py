@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from ..ir import Model
+from ..ir.analysis.size import render_size_breakdown, size_breakdown
 from ..ir.analysis.summary import summarize
 from ..ir.table import format_table, human_bytes, human_count
 from ..passes.prune.dependency import prunable_report, render_prunable
@@ -27,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--layers", action="store_true", help="one row per node: op, output shape, FLOPs, params")
     p.add_argument("--dot", metavar="OUT.dot", help="write the graph in Graphviz dot format")
+    p.add_argument("--size", action="store_true",
+                   help="where the file's bytes go: integer and float weights, biases, scales, zero "
+                        "points, names, nodes, value_info, metadata (adds up to the file size)")
     p.add_argument("--prunable", action="store_true",
                    help="list channel groups (what prune-channels can remove), their sizes and why "
                         "excluded ones are (needs static shapes: --shape)")
@@ -39,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(model, layers=args.layers)
     summary["file"] = args.input
     summary["size_bytes"] = os.path.getsize(args.input)  # the file as stored, not as re-serialized
+    if args.size:
+        # the file as stored (external data left out: it is not in the protobuf)
+        summary["size_breakdown"] = size_breakdown(onnx.load(args.input, load_external_data=False))
     if args.prunable:
         summary["prunable"] = prunable_report(model)
     if args.dot:
@@ -92,6 +101,14 @@ def render(summary: dict[str, Any]) -> str:
                  human_count(r["flops"]) if r["flops"] is not None else "?", human_count(r["params"])]
                 for r in summary["layers"]]
         lines += ["", format_table(["node", "op", "output shape", "FLOPs", "params"], rows, align="llrrr")]
+    if "size_breakdown" in summary:
+        breakdown = summary["size_breakdown"]
+        lines += ["", format_table(["bytes by role", "bytes", "share"], list(render_size_breakdown(breakdown)),
+                                   align="lrr")]
+        dup = breakdown["duplicates"]
+        if dup["count"]:
+            lines.append(f"note: {dup['count']} initializer(s) repeat an earlier one byte for byte "
+                         f"({human_bytes(dup['bytes'])}); the compact pass stores each once")
     if "prunable" in summary:
         lines += ["", render_prunable(summary["prunable"])]
     return "\n".join(lines)

@@ -54,7 +54,9 @@ def test_constant_weights_become_initializers_and_shapes_can_be_fixed(tmp_path, 
     folder = artifact.save(tmp_path / "build")
     written = onnx.load(str(folder / "model.onnx"))
     assert not [n for n in written.graph.node if n.op_type == "Constant"]
-    assert {i.name for i in written.graph.initializer} >= {"w", "b"}
+    initializers = {i.name for i in written.graph.initializer}
+    conv = next(n for n in written.graph.node if n.op_type == "Conv")
+    assert conv.input[1] in initializers and conv.input[2] in initializers  # w and b, under compacted names
     assert artifact.manifest["inputs"][0]["shape"] == [3, 3, 8, 8]
     assert artifact.manifest["dynamic_inputs"] == []
     np.testing.assert_allclose(load_artifact(folder).run({"x": x_batch})["y"],
@@ -272,3 +274,31 @@ def test_scalar_qparams_keep_the_numbers_and_let_onnxruntime_fuse(tmp_path):
     # compile applies it to every quantized model and records it
     artifact = compile(Model.from_proto(proto), "cpu-x86", select_form=False)
     assert artifact.manifest["scalar_qparams"] == 4
+
+
+def test_compile_writes_a_compact_model_and_loads_it_once(monkeypatch, x_batch):
+    from presso.backends.onnxruntime import artifact as artifact_module
+    from presso.backends.onnxruntime import int8_form
+
+    opened = []
+    for module in (artifact_module, int8_form):
+        real = module.create_session
+        monkeypatch.setattr(module, "create_session",
+                            lambda *a, _real=real, **k: opened.append(k.get("threads")) or _real(*a, **k))
+    proto = conv_model()
+    artifact = compile(presso.load(proto), "cpu-x86")
+    assert len(opened) == 1  # load check, verification and the artifact's runs share one session
+    np.testing.assert_allclose(artifact.run({"x": x_batch})["y"], _ort(proto, {"x": x_batch})[0], rtol=1e-5, atol=1e-6)
+    assert len(opened) == 1
+    written = artifact.model.to_proto()
+    assert [i.name for i in written.graph.input] == ["x"] and [o.name for o in written.graph.output] == ["y"]
+    assert all(len(n.name) <= 2 for n in written.graph.node) and not written.graph.value_info
+    assert artifact.manifest["compact"]["renamed"] > 0
+    # compact=False keeps the names
+    kept = compile(presso.load(proto), "cpu-x86", compact=False)
+    assert "conv" in {n.name for n in kept.model.graph.nodes} and kept.manifest["compact"] is None
+
+    # a quantized model: one session per int8 form timed, none for the checks around them
+    opened.clear()
+    artifact = compile(Model.from_proto(qdq_conv_model("int8")), "cpu-x86", form_rounds=1)
+    assert len(opened) == len(artifact.manifest["int8_form"]["candidates"])

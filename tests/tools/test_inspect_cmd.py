@@ -58,3 +58,15 @@ def test_bad_inputs_give_one_line_errors_through_the_cli(tiny_model_path, tmp_pa
         assert "Traceback" not in result.stderr
         assert str(path) in result.stderr
 
+
+
+def test_inspect_size_breakdown_adds_up_to_the_file(tiny_model_path, capsys):
+    assert main(["inspect", str(tiny_model_path), "--size", "--json"]) == 0
+    breakdown = json.loads(capsys.readouterr().out)["size_breakdown"]
+    assert breakdown["total"] == tiny_model_path.stat().st_size
+    assert sum(breakdown["categories"].values()) == breakdown["total"]
+    # conv weight 4·3·3·3 and bias 4, BN 4 × 4: all float32
+    assert breakdown["categories"]["float weights"] == 4 * (108 + 4 + 16)
+    assert main(["inspect", str(tiny_model_path), "--size"]) == 0
+    out = capsys.readouterr().out
+    assert "bytes by role" in out and "float weights" in out and "names" in out

@@ -57,6 +57,11 @@ class OrtArtifact(Artifact):
                                          optimization=self.optimization, threads=self.threads)
         return self._session
 
+    def adopt_session(self, session) -> None:
+        """Use an already open session of this artifact's model (same providers, optimization
+        and threads) instead of loading the model again on the first run."""
+        self._session = session
+
     def with_threads(self, threads: int | None) -> OrtArtifact:
         """The same artifact with another intra-op thread count (a new session)."""
         return OrtArtifact(self.manifest, model=self.model, folder=self.folder, providers=self.providers,

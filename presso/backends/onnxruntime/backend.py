@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from ...passes.verify import compare_outputs, within_tolerance
 from ..artifact import base_manifest
 from ..target import Target
 from .artifact import OrtArtifact, open_session
-from .int8_form import is_quantized, scalar_qparams, select_int8_form
+from .int8_form import choose_int8_form, is_quantized, scalar_qparams
 
 # onnxruntime runs opsets 7 and newer; older models are upgraded during legalization.
 MIN_OPSET = 7
@@ -28,7 +29,8 @@ class OnnxRuntimeBackend:
 
     def compile(self, model: Model, target: Target, *, shapes: Mapping[str, Sequence[int]] | None = None,
                 select_form: bool = True, data: Any = None, threads: int | None = None,
-                verify: bool = True, form_rounds: int = 15, form_threads: Sequence[int] = (1,)) -> OrtArtifact:
+                verify: bool = True, form_rounds: int = 15, form_threads: Sequence[int] = (1,),
+                compact: bool = True) -> OrtArtifact:
         """Lower ``model`` (not modified) for ``target``.
 
         ``shapes`` fixes dynamic inputs; without it they stay dynamic (onnxruntime runs them).
@@ -38,6 +40,13 @@ class OnnxRuntimeBackend:
         compiled model with the input on one sample: a float model must match to float
         tolerance (legalization preserves semantics), a quantized one gets its difference
         recorded. ``threads`` is the artifact's session thread count (``None``: all cores).
+        ``compact`` (default) runs the ``compact`` pass (short internal names, no value_info,
+        shared duplicates, bias scales computed from the input and weight scales): a smaller
+        file that computes exactly the same; graph input and output names stay.
+
+        Onnxruntime loads the model once here (that session checks that the target can run
+        it, times the given int8 form and verifies the outputs) plus once per other int8
+        form timed; the artifact reuses it when the thread counts agree.
         """
         from ...passes import PassManager  # backends may run a target's legalization pipeline
 
@@ -53,24 +62,34 @@ class OnnxRuntimeBackend:
         except PressoError as exc:
             raise BackendError(f"legalization for target '{target.name}' failed: {exc}",
                                hint="run the pipeline with `presso opt --verify` to find the pass") from exc
-
-        # The target must load the legalized model before anything is measured or written.
-        open_session(model.to_proto(), model, providers=target.ort_providers, optimization="all")
-        feed = _sample_feed(model, data)
-        form_record = None
         quantized = is_quantized(model)
         # Same numbers, but onnxruntime's int8 fusions only match scalar Q/DQ parameters.
         scalarized = scalar_qparams(model) if quantized else 0
+        finish = _compactor(target) if compact else None
+        compacted = finish(model) if finish else None
+
+        feed = _sample_feed(model, data)
+        form_record = None
+        skip = _why_not_measure(target, feed) if quantized and select_form else "not timed"
+        # The target must load the compiled model before anything is measured or written. One
+        # session serves the load check, the timing of the given form and the verification.
+        session_threads = form_threads[0] if not skip else threads
+        try:
+            session = open_session(model.to_proto(), model, providers=target.ort_providers, optimization="all",
+                                   threads=session_threads)
+        except BackendError as exc:
+            raise _with_original_names(exc, finish.original_names if finish else {}) from exc.__cause__
         if quantized and select_form:
-            skip = _why_not_measure(target, feed)
             if skip:
                 form_record = {"chosen": "as given", "reason": skip}
             else:
-                model, form_record = select_int8_form(model, feed, forms=target.int8_forms, threads=form_threads,
-                                                      rounds=form_rounds, providers=target.ort_providers)
+                chosen, form_record = choose_int8_form(model, feed, forms=target.int8_forms, threads=form_threads,
+                                                       rounds=form_rounds, providers=target.ort_providers,
+                                                       given_session=session, prepare=finish)
                 form_record["input_shapes"] = {k: list(v.shape) for k, v in feed.items()}
-                open_session(model.to_proto(), model, providers=target.ort_providers, optimization="all")
-        verification = _verify(original, model, feed, exact=not quantized) if verify and feed is not None else None
+                model, session = chosen.model, chosen.session  # the given form's session, or the one timed
+        verification = (_verify(original, model, feed, exact=not quantized, session=session)
+                        if verify and feed is not None else None)
 
         manifest = base_manifest(
             self.name, target.name,
@@ -80,6 +99,7 @@ class OnnxRuntimeBackend:
             int8_form=form_record,
             scalar_qparams=scalarized,
             legalize={"pipeline": pipeline, "passes": report.as_dict()},
+            compact=compacted,
             inputs=tensor_specs(model, model.graph.inputs),
             outputs=tensor_specs(model, model.graph.outputs),
             dynamic_inputs=sorted(dynamic_inputs(model)),
@@ -88,7 +108,10 @@ class OnnxRuntimeBackend:
             verification=verification,
             source=str(original.source_path) if original.source_path else None,
         )
-        return OrtArtifact(manifest, model=model, providers=target.ort_providers, threads=threads)
+        artifact = OrtArtifact(manifest, model=model, providers=target.ort_providers, threads=threads)
+        if session_threads == threads and session is not None:
+            artifact.adopt_session(session)  # the same settings the artifact would open it with
+        return artifact
 
     def load(self, folder: Path, manifest: dict[str, Any]) -> OrtArtifact:
         return OrtArtifact.load(folder, manifest)
@@ -110,6 +133,35 @@ def _why_not_measure(target: Target, feed: Mapping[str, np.ndarray] | None) -> s
     if feed is None:
         return "no sample input to time with: give --data or fix dynamic inputs with --shape"
     return None
+
+
+def _compactor(target: Target):
+    """The ``compact`` step for models this backend writes (returns the pass's stats).
+
+    Per-channel bias scales become ``Mul(input scale, weight scale)``, which every onnxruntime
+    execution provider sees folded back into an initializer (basic optimizations run first)."""
+    from ...passes.cleanup.compact import Compact
+
+    step = Compact(bias_scales=True)
+
+    def finish(model: Model) -> dict[str, Any]:
+        ctx = _context(target)
+        stats = step.run(model, ctx).stats
+        model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        model.invalidate()
+        finish.original_names = ctx.shared.get("compact.original_node_names", {})
+        return stats
+
+    finish.original_names = {}
+    return finish
+
+
+def _with_original_names(exc: BackendError, names: Mapping[str, str]) -> BackendError:
+    """``exc`` with the compacted node names in its location replaced by the user's names."""
+    if not exc.where or not names:
+        return exc
+    where = re.sub(r"'([^']*)'", lambda m: f"'{names.get(m.group(1), m.group(1))}'", exc.where)
+    return BackendError(exc.what, where=where, hint=exc.hint)
 
 
 def _context(target: Target):
@@ -146,10 +198,12 @@ def _sample_feed(model: Model, data: Any) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _verify(original: Model, compiled: Model, feed: Mapping[str, np.ndarray], *, exact: bool) -> dict[str, Any]:
+def _verify(original: Model, compiled: Model, feed: Mapping[str, np.ndarray], *, exact: bool,
+            session: Any = None) -> dict[str, Any]:
     """Outputs of the compiled model against the input model on one sample.
 
-    ``exact``: raise :class:`BackendError` unless they match to float tolerance.
+    ``exact``: raise :class:`BackendError` unless they match to float tolerance. ``session``:
+    an open onnxruntime session of ``compiled`` (optimization ``all``) to run instead of a new one.
     """
     from ...ir import evaluate
 
@@ -157,7 +211,8 @@ def _verify(original: Model, compiled: Model, feed: Mapping[str, np.ndarray], *,
         reference = evaluate(original, feed)
     except PressoError as exc:
         return {"skipped": f"the input model cannot run on the sample: {exc}"}
-    session = open_session(compiled.to_proto(), compiled, optimization="all")
+    if session is None:
+        session = open_session(compiled.to_proto(), compiled, optimization="all")
     names = [o.name for o in session.get_outputs()]
     try:
         values = dict(zip(names, session.run(None, dict(feed))))

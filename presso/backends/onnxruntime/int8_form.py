@@ -108,27 +108,12 @@ def scalar_qparams(model: Model) -> int:
     The numbers do not change, but onnxruntime's QDQ fusions (``QLinearAdd``, ``QLinearMul``,
     removing a Clip that the Q's range makes redundant…) only match scalar parameters: with
     ``[1]``-shaped ones PP-OCRv4 det keeps 88 Adds, 86 Muls and 24 Clips in float between
-    Q/DQ pairs. Returns how many parameters changed.
+    Q/DQ pairs. ``fold-qdq`` does the same (:func:`~presso.passes.quant.qdq.scalarize_qparams`);
+    this catches models quantized elsewhere. Returns how many parameters changed.
     """
-    changed = 0
-    replaced: dict[int, gs.Constant] = {}
-    for node in model.nodes("QuantizeLinear", "DequantizeLinear"):
-        if "axis" in node.attrs or "block_size" in node.attrs:
-            continue  # per-axis or blocked parameters are 1-D by definition
-        for index in (1, 2):
-            if index >= len(node.inputs):
-                continue
-            param = node.inputs[index]
-            if not isinstance(param, gs.Constant) or param.values is None or param.values.shape != (1,):
-                continue
-            if id(param) not in replaced:
-                replaced[id(param)] = gs.Constant(param.name + "_scalar", np.asarray(param.values.reshape(())))
-                changed += 1
-            node.inputs[index] = replaced[id(param)]
-    if changed:
-        model.graph.cleanup(remove_unused_graph_inputs=False)
-        model.invalidate()
-    return changed
+    from ...passes.quant.qdq import scalarize_qparams
+
+    return scalarize_qparams(model)
 
 
 def divisions_to_multiplications(model: Model) -> int:
@@ -193,8 +178,13 @@ class Candidate:
     session: object = None
 
 
-def candidate_forms(model: Model, forms: Sequence[str]) -> list[Candidate]:
-    """The forms of ``model`` among ``forms`` that can be built exactly (the given one first)."""
+def candidate_forms(model: Model, forms: Sequence[str],
+                    prepare: Callable[[Model], object] | None = None) -> list[Candidate]:
+    """The forms of ``model`` among ``forms`` that can be built exactly (the given one first).
+
+    ``prepare`` runs on every variant built here (not on ``model``), e.g. the backend's
+    ``compact`` step, so that what gets timed and verified is what would be shipped.
+    """
     given = activation_dtype(model)
     qoperator = any(n.op in QOPERATOR_OPS for n in model.graph.nodes)
     given_name = ("qoperator" if qoperator else "qdq") + (f"-{_short(given)}" if given else "")
@@ -214,6 +204,8 @@ def candidate_forms(model: Model, forms: Sequence[str]) -> list[Candidate]:
         if kind == "qoperator":
             changed = _lower_to_qoperators(variant) > 0 and changed
         if changed:
+            if prepare is not None:
+                prepare(variant)
             candidates.append(Candidate(form, variant))
     return candidates
 
@@ -279,17 +271,34 @@ def select_int8_form(model: Model, feeds: Mapping[str, np.ndarray], *, forms: Se
     The score of a form is the sum over thread counts of its median latency relative to the
     given form. Every candidate's outputs are checked against the given form's first.
     """
-    candidates = candidate_forms(model, forms)
+    best, record = choose_int8_form(model, feeds, forms=forms, threads=threads, rounds=rounds, providers=providers)
+    return best.model, record
+
+
+def choose_int8_form(model: Model, feeds: Mapping[str, np.ndarray], *, forms: Sequence[str],
+                     threads: Sequence[int] = (1,), rounds: int = 10,
+                     providers: Sequence[str] = ("CPUExecutionProvider",), given_session: object = None,
+                     prepare: Callable[[Model], object] | None = None) -> tuple[Candidate, dict]:
+    """:func:`select_int8_form`, returning the chosen :class:`Candidate` with its open session.
+
+    ``given_session``: an onnxruntime session of ``model`` already open (optimization ``all``,
+    ``threads[0]`` threads), reused instead of building another. ``prepare`` runs on every
+    variant (see :func:`candidate_forms`). The chosen candidate's ``session`` is open (``all``,
+    ``threads[0]``), so callers can run it without loading the model again.
+    """
+    candidates = candidate_forms(model, forms, prepare)
+    candidates[0].session = given_session
     record: dict = {"given": candidates[0].name, "candidates": [c.name for c in candidates],
                     "threads": list(threads), "rounds": rounds, "cpu_count": os.cpu_count()}
     if len(candidates) == 1:
         record.update(chosen=candidates[0].name, reason="no other exact form to compare")
-        return model, record
+        return candidates[0], record
     # Compare what actually runs: onnxruntime's fused int8 kernels, not the float simulation of
     # Q/DQ that a lower optimization level executes (they differ by quantization noise).
     for candidate in candidates:  # reused for timing at the first thread count
-        candidate.session = create_session(candidate.model.to_proto(), providers=providers, optimization="all",
-                                           threads=threads[0])
+        if candidate.session is None:
+            candidate.session = create_session(candidate.model.to_proto(), providers=providers, optimization="all",
+                                               threads=threads[0])
     reference = candidates[0].session.run(None, dict(feeds))
     kept = [candidates[0]]
     for candidate in candidates[1:]:
@@ -307,7 +316,10 @@ def select_int8_form(model: Model, feeds: Mapping[str, np.ndarray], *, forms: Se
     best = min(kept, key=lambda c: score(c.name))
     record.update(chosen=best.name, latency=latencies,
                   relative={c.name: round(score(c.name) / len(base), 3) for c in kept})
-    return best.model, record
+    for candidate in candidates:
+        if candidate is not best:
+            candidate.session = None  # free the others now, not when the caller lets go
+    return best, record
 
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:

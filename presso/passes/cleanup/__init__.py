@@ -1,6 +1,8 @@
-"""Cleanup passes: shape inference, constant folding, dead-code removal, BN folding, identities."""
+"""Cleanup passes: shape inference, constant folding, dead-code removal, BN folding, identities,
+and `compact` (a small file for deployment)."""
 
 from . import (  # noqa: F401  (importing registers the passes)
+    compact,
     constants_to_initializers,
     eliminate_dead_code,
     fold_batchnorm,

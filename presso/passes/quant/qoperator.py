@@ -68,53 +68,91 @@ def _int32_bias(tensor: gs.Tensor) -> gs.Constant | None:
     return dq.inputs[0] if dq.inputs[0].values.dtype == np.int32 else None
 
 
+class _Zeros:
+    """Explicit zero points for QOperator inputs whose DequantizeLinear had none (``fold-qdq``
+    drops all-zero weight zero points): one scalar per integer type, shared by every node
+    (the ops take a scalar zero point with per-channel scales)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.made: dict[np.dtype, gs.Constant] = {}
+
+    def __call__(self, params: QParams) -> gs.Constant:
+        if not params.implicit_zero:
+            return params.zero_point
+        dtype = np.dtype(params.zero_point.values.dtype)
+        if dtype not in self.made:
+            self.made[dtype] = add_initializer(self.model, f"zero_{dtype.name}", np.zeros((), dtype))
+        return self.made[dtype]
+
+
+def _float_bias(bias: gs.Tensor) -> np.ndarray | None:
+    """A bias's float values: a float constant, or a DequantizeLinear of constants; else None."""
+    if isinstance(bias, gs.Constant):
+        return np.asarray(bias.values)
+    dq = producer(bias)
+    params = qparams(dq) if dq is not None and dq.op == "DequantizeLinear" else None
+    if params is None or not isinstance(dq.inputs[0], gs.Constant):
+        return None
+    return dequantize(dq.inputs[0].values, params.scale.values, params.zero_point.values, params.axis,
+                      dtype=np.asarray(params.scale.values).dtype)
+
+
 def lower_to_qoperators(model: Model) -> dict[str, int]:
     counts = {"qlinearconv": 0, "qlinearmatmul": 0, "convinteger": 0, "matmulinteger": 0}
+    zero = _Zeros(model)
     for node in model.nodes("Conv", "MatMul"):
         a = _dequantized(node.inputs[0])
         b = _dequantized(node.inputs[1])
         if a is None or b is None or a[1].axis is not None or not isinstance(b[0], gs.Constant):
             continue
         (x, xp), (w, wp) = a, b
+        if xp.implicit_zero:
+            continue  # an activation without a zero point: not what fold-qdq makes; leave it
         y = node.outputs[0]
         q = _requantized(model, y)
         if node.op == "Conv":
             bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
             if q is not None and (bias is None or _int32_bias(bias) is not None):
                 yp = qparams(q)
-                inputs = [x, xp.scale, xp.zero_point, w, wp.scale, wp.zero_point, yp.scale, yp.zero_point]
+                if yp.implicit_zero:
+                    continue
+                inputs = [x, xp.scale, xp.zero_point, w, wp.scale, zero(wp), yp.scale, yp.zero_point]
                 if bias is not None:
                     inputs.append(_int32_bias(bias))
                 new = add_node(model, "QLinearConv", inputs, name=f"{node.name}_quant", attrs=node.attrs,
                                dtype=q.outputs[0].dtype, shape=q.outputs[0].shape)
                 replace_all_uses(model, q.outputs[0], new.outputs[0])
                 counts["qlinearconv"] += 1
-            elif q is None and (np.asarray(wp.zero_point.values).size == 1 or not np.any(wp.zero_point.values)):
-                _integer_op(model, node, "ConvInteger", x, xp, w, wp, bias)
+            elif (q is None and (np.asarray(wp.zero_point.values).size == 1 or not np.any(wp.zero_point.values))
+                  and (bias is None or _float_bias(bias) is not None)):
+                _integer_op(model, node, "ConvInteger", x, xp, w, wp, bias, zero(wp))
                 counts["convinteger"] += 1
             else:
                 continue
         else:
             if q is not None:
                 yp = qparams(q)
+                if yp.implicit_zero:
+                    continue
                 new = add_node(model, "QLinearMatMul",
-                               [x, xp.scale, xp.zero_point, w, wp.scale, wp.zero_point, yp.scale, yp.zero_point],
+                               [x, xp.scale, xp.zero_point, w, wp.scale, zero(wp), yp.scale, yp.zero_point],
                                name=f"{node.name}_quant", dtype=q.outputs[0].dtype, shape=q.outputs[0].shape)
                 replace_all_uses(model, q.outputs[0], new.outputs[0])
                 counts["qlinearmatmul"] += 1
             else:
-                _integer_op(model, node, "MatMulInteger", x, xp, w, wp, None)
+                _integer_op(model, node, "MatMulInteger", x, xp, w, wp, None, zero(wp))
                 counts["matmulinteger"] += 1
         node.outputs.clear()  # the replaced float op is now dead; cleanup removes it
     return counts
 
 
-def _integer_op(model: Model, node: gs.Node, op: str, x, xp: QParams, w, wp: QParams, bias) -> None:
+def _integer_op(model: Model, node: gs.Node, op: str, x, xp: QParams, w, wp: QParams, bias,
+                w_zero: gs.Constant) -> None:
     """int op on integers → Cast(float) → Mul(x_scale · w_scale) [→ Add(float bias)]."""
     y = node.outputs[0]
     dtype = np.asarray(xp.scale.values).dtype
     attrs = dict(node.attrs) if op == "ConvInteger" else {}
-    w_zero = wp.zero_point
     if op == "ConvInteger" and np.asarray(w_zero.values).size > 1:
         # onnxruntime's ConvInteger takes a per-tensor weight zero point only (fine when symmetric)
         w_zero = add_initializer(model, f"{w.name}_zero_point_scalar", np.asarray(w_zero.values).ravel()[:1].reshape(()))
@@ -129,12 +167,7 @@ def _integer_op(model: Model, node: gs.Node, op: str, x, xp: QParams, w, wp: QPa
     factor = add_initializer(model, f"{node.name}_rescale", scale.astype(dtype))
     out = add_node(model, "Mul", [cast.outputs[0], factor], name=f"{node.name}_rescale", dtype=dtype)
     if bias is not None:
-        dq = producer(bias)
-        if dq is not None and dq.op == "DequantizeLinear" and qparams(dq) is not None:
-            p = qparams(dq)
-            values = dequantize(dq.inputs[0].values, p.scale.values, p.zero_point.values, p.axis, dtype=dtype)
-        else:
-            values = np.asarray(bias.values, dtype=dtype)
+        values = _float_bias(bias).astype(dtype)
         b = add_initializer(model, f"{node.name}_bias_float", values.reshape(channel_shape))
         out = add_node(model, "Add", [out.outputs[0], b], name=f"{node.name}_bias", dtype=dtype)
     replace_all_uses(model, y, out.outputs[0])
