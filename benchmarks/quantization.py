@@ -122,15 +122,16 @@ def _presso(job: dict, values: np.ndarray, input_name: str, method: str) -> dict
     data = [{input_name: values[i:i + 1]} for i in range(len(values))]
     if hasattr(presso, "quantize"):
         kwargs = {} if method == "default" else {"method": method}
-        quantized = presso.quantize(model, data, target="cpu-x86", progress=False, **kwargs)
-        quantized = getattr(quantized, "model", quantized)
+        quantized, report = presso.quantize(model, data, target="cpu-x86", progress=False, report=True, **kwargs)
+        calibrate = next(r for r in report.records if r.name == "calibrate").result.stats
+        chosen = calibrate.get("chosen")
     else:  # before the one-call API exists: the same passes by hand
         from presso.passes import PassManager, available_passes
 
         calibrate = "calibrate" if method == "default" else f"calibrate{{method={method}}}"
         pipeline = f"insert-qdq,{calibrate}" + (",fold-qdq" if "fold-qdq" in available_passes() else "")
         PassManager.parse(pipeline).run(model, data=data, target=presso.backends.get_target("cpu-x86"))
-        quantized = model
+        quantized, chosen = model, None
     quant_seconds = time.perf_counter() - start
     quant_peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Delivering it: the onnxruntime backend times the int8 forms on this CPU and keeps the fastest.
@@ -139,7 +140,7 @@ def _presso(job: dict, values: np.ndarray, input_name: str, method: str) -> dict
     presso.save(artifact.model, job["out"])
     form = artifact.manifest.get("int8_form") or {}
     return {"quant_seconds": quant_seconds, "quant_peak_kb": quant_peak_kb, "compile_seconds": time.perf_counter() - start,
-            "int8_form": form.get("chosen"), "form_relative": form.get("relative")}
+            "int8_form": form.get("chosen"), "form_relative": form.get("relative"), "calibration": chosen}
 
 
 def _ort(job: dict, values: np.ndarray, input_name: str, method: str) -> None:
@@ -299,7 +300,8 @@ def table(rows: list[dict]) -> str:
             extra = f"label {100 * r['acc_label']:.1f}%"
         elif "mean_abs" in r:
             extra = f"mean|Δ| {r['mean_abs']:.4f}"
-        cells.append([r["model"], r["tool"], r["method"], acc, extra,
+        method = r["method"] + (f" → {r['calibration']}" if r.get("calibration") else "")
+        cells.append([r["model"], r["tool"], method, acc, extra,
                       f"{r.get('latency_ratio', float('nan')):.2f}", f"{r['size_ratio']:.3f}",
                       f"{r['seconds']:.1f}" if "seconds" in r else "-",
                       f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-", r.get("int8_form") or ""])

@@ -75,8 +75,9 @@ def create_session(
         ) from exc
 
 
-def _session(model: Model, outputs: tuple[str, ...], providers: tuple[str, ...], optimization: str):
-    key = f"ort_session:{outputs}:{providers}:{optimization}"
+def _session(model: Model, outputs: tuple[str, ...], providers: tuple[str, ...], optimization: str,
+             threads: int | None = None):
+    key = f"ort_session:{outputs}:{providers}:{optimization}:{threads}"
 
     def build() -> ort.InferenceSession:
         # Large weights go to onnxruntime as arrays, not through a serialized proto.
@@ -85,7 +86,8 @@ def _session(model: Model, outputs: tuple[str, ...], providers: tuple[str, ...],
         for name in outputs:
             if name not in existing:
                 proto.graph.output.append(onnx.ValueInfoProto(name=name))
-        return create_session(proto, providers=providers, optimization=optimization, initializers=arrays)
+        return create_session(proto, providers=providers, optimization=optimization, initializers=arrays,
+                              threads=threads)
 
     return model.analysis(key, build)
 
@@ -139,11 +141,13 @@ def evaluate(
     *,
     providers: Sequence[str] | None = None,
     optimization: str = "basic",
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model`` on ``feeds`` and return the requested tensors (graph outputs by default).
 
     ``outputs`` may name any tensor: intermediate activations are added as extra graph
     outputs of a cached session; constant tensors are returned from their stored values.
+    ``threads`` sets onnxruntime's intra-op threads (default: its own choice).
     """
     feeds = check_feeds(model, feeds)
     wanted = list(outputs) if outputs is not None else model.output_names()
@@ -158,7 +162,7 @@ def evaluate(
     computed = tuple(dict.fromkeys(n for n in wanted if n not in known))
     result = dict(known)
     if computed:
-        session = _session(model, computed, tuple(providers or ("CPUExecutionProvider",)), optimization)
+        session = _session(model, computed, tuple(providers or ("CPUExecutionProvider",)), optimization, threads)
         try:
             values = session.run(list(computed), feeds)
         except Exception as exc:

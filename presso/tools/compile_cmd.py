@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune", metavar="trials=N", default=None,
                    help="tvm: MetaSchedule-tune the kernels with N measured trials; the database is kept "
                         "in OUTDIR/tuning and reused by the next compile into OUTDIR")
+    p.add_argument("--int8", choices=("arith", "float"), default=None,
+                   help="tvm: how quantized (QDQ) Conv/MatMul run: 'arith' with int8/uint8 operands and int32 "
+                        "accumulation, 'float' on dequantized float values (default: the faster one on the "
+                        "target, arith on cpu-x86)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--list-targets", action="store_true", help="list the target profiles")
     add_shape_option(p)
@@ -55,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
         options = dict(data=args.data, threads=args.threads, select_form=not args.no_select_form,
                        form_rounds=args.form_rounds)
     elif args.backend == "tvm":
-        options = dict(output=args.output, tune_trials=_tune_trials(args.tune))
-    if args.tune and args.backend != "tvm":
-        raise PressoError(f"--tune is a tvm option, not {args.backend}'s", hint="add --backend tvm")
+        options = dict(output=args.output, tune_trials=_tune_trials(args.tune), int8=args.int8)
+    for flag, value in (("--tune", args.tune), ("--int8", args.int8)):
+        if value and args.backend != "tvm":
+            raise PressoError(f"{flag} is a tvm option, not {args.backend}'s", hint="add --backend tvm")
     if args.backend != "onnxruntime" and (args.data or args.threads or args.no_select_form):
         raise PressoError(f"--data, --threads and --no-select-form are onnxruntime options, not {args.backend}'s")
     artifact = compile(model, target=target, backend=args.backend, **options)
@@ -89,6 +94,15 @@ def summary(manifest: dict, folder: str, *, real_data: bool = True) -> str:
     specs += [["output", s["name"], s.get("dtype"), s.get("shape")] for s in manifest.get("outputs", [])]
     if specs:
         lines += ["", format_table(["", "tensor", "dtype", "shape"], specs)]
+    int8 = manifest.get("int8")
+    if int8 and int8.get("mode") == "arith":
+        kept = ", ".join(f"{n} {reason}" for reason, n in (int8.get("kept_float") or {}).items())
+        fast = f" ({int8['avx2_kernels']} on the AVX2 kernel)" if int8.get("avx2_kernels") else ""
+        lines += ["", f"int8 arith: {int8.get('conv2d', 0)} conv2d and {int8.get('matmul', 0)} matmul run on "
+                      f"int8 operands with int32 accumulation{fast}{'; kept in float: ' + kept if kept else ''}"]
+    elif int8:
+        lines += ["", "int8 float: quantized Conv/MatMul run in float on dequantized values (--int8 arith for "
+                      "integer arithmetic)"]
     form = manifest.get("int8_form")
     if form:
         lines += ["", f"int8 form: {form.get('chosen')} (given {form.get('given')}; "

@@ -9,6 +9,15 @@ Options (keyword arguments of ``presso.backends.compile(..., backend="tvm", ...)
 - ``output``: the artifact folder to build into. Its ``tuning/`` database from an earlier
   compile is reused: kernels already tuned are applied without measuring them again.
 - ``progress``: show the tuning progress bar (default True).
+- ``int8``: how quantized (QDQ) Conv/MatMul run (``--int8``): "arith" with int8/uint8
+  operands and int32 accumulation (:mod:`.int8`), "float" on dequantized float values as
+  TVM's ONNX frontend imports them. Default: the faster one on the target
+  (:data:`.int8.DEFAULT_MODE`: arith on cpu-x86, float where not measured). A float model is
+  unaffected.
+
+The manifest's ``outputs`` are the shapes and dtypes of the compiled Relax function's
+results (what the library returns), not the ONNX file's declared output shapes, which can
+be stale or symbolic after ``--shape``.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from ..target import Target
 from . import build as tvm_build
 from . import lower
 from .artifact import LIBRARY, TUNING_DIR, TVMArtifact
+from .int8 import MODES as INT8_MODES
+from .int8 import Int8Report
+from .int8 import default_mode as default_int8_mode
 
 
 class TVMBackend:
@@ -33,15 +45,21 @@ class TVMBackend:
 
     def compile(self, model: Model, target: Target, *, shapes: Mapping[str, Sequence[int]] | None = None,
                 tune_trials: int = 0, output: str | Path | None = None, progress: bool = True,
-                **options: Any) -> TVMArtifact:
+                int8: str | None = None, **options: Any) -> TVMArtifact:
         if options:
             raise BackendError(f"unknown option(s) for the tvm backend: {sorted(options)}",
-                               hint="valid options: shapes, tune_trials, output, progress")
+                               hint="valid options: shapes, tune_trials, output, progress, int8")
+        int8 = int8 or default_int8_mode(target.name)
+        if int8 not in INT8_MODES:
+            raise BackendError(f"unknown int8 mode '{int8}' for the tvm backend",
+                               hint=f"valid modes: {', '.join(INT8_MODES)}")
         folder = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="presso-tvm-"))
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         prepared = lower.prepare(model, target, shapes)
-        mod = lower.to_relax(prepared)
+        int8_report = Int8Report()
+        avx2 = target.isa == "x86_64" and "avx2" in target.features
+        mod = lower.to_relax(prepared, int8=int8, int8_report=int8_report, avx2=avx2)
         tvm_target = tvm_build.tvm_target(target)
         database = folder / TUNING_DIR
         tuning = None
@@ -66,9 +84,10 @@ class TVMBackend:
             library=LIBRARY,
             parameters=f"embedded in {LIBRARY} (constants of the Relax VM executable)",
             inputs=_specs(prepared.inputs),
-            outputs=_specs(prepared.outputs),
+            outputs=_output_specs(mod, prepared.outputs),
             runs_on=_runs_on(target),
             tuning=tuning or ({"database": TUNING_DIR, "reused": True} if database.is_dir() else None),
+            int8={"mode": int8, **int8_report.as_dict()} if _is_quantized(prepared) else None,
             compile_seconds=round(time.perf_counter() - start, 1),
         )
         manifest["versions"]["tvm"] = _tvm_version()
@@ -95,6 +114,36 @@ def _specs(tensors) -> list[dict[str, Any]]:
 
     return [{"name": t.name, "dtype": np.dtype(t.dtype).name,
              "shape": [d if isinstance(d, int) else str(d) for d in (t.shape or [])]} for t in tensors]
+
+
+def _output_specs(mod, tensors) -> list[dict[str, Any]]:
+    """Name, dtype and shape of each result of the Relax ``main``: what the library returns.
+
+    The ONNX outputs give the names (same order); their declared shapes can be stale (a
+    Reshape whose target was folded, a symbolic dimension that ``--shape`` fixed upstream).
+    A dimension TVM keeps symbolic is written as its name.
+    """
+    from tvm import relax
+
+    ret = mod["main"].ret_ty
+    fields = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    declared = _specs(tensors)
+    if len(fields) != len(declared):
+        raise BackendError(f"the compiled model returns {len(fields)} outputs, the ONNX model declares "
+                           f"{len(declared)}", hint="report the model")
+    specs = []
+    for spec, field in zip(declared, fields):
+        shape = getattr(field, "shape", None)
+        if isinstance(shape, relax.ShapeExpr):
+            spec = {**spec, "shape": [int(d) if hasattr(d, "value") else str(d) for d in shape.values]}
+        if getattr(field, "dtype", None) is not None and str(field.dtype) not in ("", "void"):
+            spec = {**spec, "dtype": str(field.dtype)}
+        specs.append(spec)
+    return specs
+
+
+def _is_quantized(model: Model) -> bool:
+    return any(node.op in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.nodes)
 
 
 def _tvm_version() -> str:

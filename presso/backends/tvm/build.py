@@ -13,6 +13,7 @@ Preserves semantics.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,20 @@ def is_native(target: Target) -> bool:
 
 
 def fuse(mod, target):
-    """Legalize Relax ops into TIR and fuse them (the step whose kernels get tuned)."""
+    """Legalize Relax ops into TIR and fuse them (the step whose kernels get tuned).
+
+    On CPU targets convolutions first move to NHWC (:func:`.layout.to_nhwc`), the layout the
+    untuned schedules and the packed, compile-time-folded weights are made for, and tanh and
+    sigmoid become vectorizable approximations (:func:`.approx.use_fast_math`).
+    """
     import tvm
     from tvm import relax
 
+    if target.kind.name == "llvm":
+        from .approx import use_fast_math
+        from .layout import to_nhwc
+
+        mod = use_fast_math(to_nhwc(mod))
     with target:
         return tvm.transform.Sequential([
             relax.backend.DispatchSampling(),
@@ -79,11 +90,17 @@ def schedule(mod, target, *, database: Path | None = None):
         if target.kind.name == "cuda":
             return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                            dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-        passes = []
+        passes, records = [], contextlib.nullcontext()
         if database is not None and (database / "database_tuning_record.json").is_file():
-            passes.append(relax.transform.MetaScheduleApplyDatabase(str(database)))
-        passes.append(dl.ApplyDefaultSchedule(dl.cpu.GEMV(), CPUFallback(), dl.cpu.Reduction()))
-        return tvm.transform.Sequential(passes)(mod)
+            from .tune import open_database
+
+            # The pass applies the current database; given a folder instead it would log a
+            # "Creating JSONDatabase" warning on every build.
+            records = open_database(database)
+            passes.append(relax.transform.MetaScheduleApplyDatabase())
+        passes.append(dl.ApplyDefaultSchedule(CPUFallback(), dl.cpu.Reduction()))
+        with records:
+            return tvm.transform.Sequential(passes)(mod)
 
 
 def lower_to_vm(mod, target):

@@ -1,11 +1,13 @@
 """Lower a Presso model to a Relax ``IRModule`` through TVM's ONNX frontend.
 
-Two steps. :func:`prepare` copies the model, fixes the input shapes the user gave (``--shape``),
+Two steps. :func:`prepare` copies the model, expands QOperator ops (QLinearConv, …) into
+their DQ → op → Q form, fixes the input shapes the user gave (``--shape``),
 and runs the target's legalization pipeline plus batch-norm folding, so that shape subgraphs
 (computed Reshape targets, as in magika's and PP-OCR cls' models) become constants that the
 frontend accepts. :func:`to_relax` imports the cleaned model with weights bound as constants,
-and turns any frontend failure into a :class:`BackendError` that names the ONNX node.
-Preserves semantics (the passes it runs do).
+turns any frontend failure into a :class:`BackendError` that names the ONNX node, and with
+``int8="arith"`` rewrites quantized Conv/MatMul into integer arithmetic (:mod:`.int8`).
+Preserves semantics (the passes it runs do; the int8 rewrite up to the final rescale's rounding).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from ...ir import Model, dynamic_inputs, fix_input_shapes
 from ...ir.errors import BackendError, PressoError
 from ...passes import PassManager
 from ..target import Target
+from .int8 import MODES, Int8Report, expand_qoperators
+from .int8 import rewrite as rewrite_int8
 
 # Presso passes that TVM needs on top of the target's legalization: BN folded into the conv
 # (the Relax frontend would otherwise keep a separate batch_norm kernel after every conv).
@@ -27,6 +31,7 @@ _TVM_EXTRA_PASSES = "fold-batchnorm,fold-constants,eliminate-dead-code"
 def prepare(model: Model, target: Target, shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
     """A cleaned copy of ``model`` with ``shapes`` fixed, ready for the Relax frontend."""
     model = model.copy()
+    expand_qoperators(model)  # QLinearConv & co. have no Relax converter; their DQ → op → Q form does
     if shapes:
         try:
             fix_input_shapes(model, shapes)
@@ -36,8 +41,12 @@ def prepare(model: Model, target: Target, shapes: Mapping[str, Sequence[int]] | 
     return model
 
 
-def to_relax(model: Model):
+def to_relax(model: Model, *, int8: str = "float", int8_report: Int8Report | None = None, avx2: bool = False):
     """Import ``model`` into a Relax ``IRModule`` (weights bound as constants).
+
+    ``int8``: "float" keeps the frontend's dequantize → float Conv/MatMul; "arith" runs them
+    with 8-bit operands and int32 accumulation (:func:`.int8.rewrite`, which fills ``int8_report``;
+    ``avx2``: the target has AVX2, so qualifying matmuls get the vpmaddubsw kernel).
 
     Raises :class:`BackendError` naming the first node TVM cannot take: an op with no
     converter, a non-ONNX domain, or a converter that fails on this node's attributes/shapes.
@@ -62,6 +71,10 @@ def to_relax(model: Model):
         raise BackendError(f"TVM's ONNX frontend cannot convert {where}: {first_line}", where=where,
                            hint="fix the shapes with --shape, simplify the node with `presso opt`, "
                                 "or compile with --backend onnxruntime") from exc
+    if int8 not in MODES:
+        raise BackendError(f"unknown int8 mode '{int8}'", hint=f"valid modes: {', '.join(MODES)}")
+    if int8 == "arith":  # before FoldConstant, which would fold the weights' dequantize into floats
+        mod = rewrite_int8(mod, int8_report, avx2=avx2)
     # Inference-only forms (batch_norm → scale/shift) and constant folding before legalization.
     seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                     relax.transform.CanonicalizeBindings(),

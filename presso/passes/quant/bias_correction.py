@@ -4,22 +4,27 @@ NNCF's FastBiasCorrection idea, on Q/DQ graphs: with fake-quantized weights ``Wq
 computes ``conv(x, W) + conv(x, Wq − W)``; the second term has a mean per output channel that
 is not zero wherever the input has a large mean (a flat image background, post-ReLU
 activations) and rounding errors of one channel's weights do not cancel. That systematic
-shift adds up layer after layer. The pass measures each quantized conv's per-input-channel
-input mean on the calibration data (one streaming pass through ``ir.evaluate``, as the model
-is quantized) and subtracts ``Σ (Wq − W)[c] · mean(x)`` from the bias of output channel ``c``.
+shift adds up layer after layer. The pass takes each quantized conv's per-input-channel input
+mean on the calibration data — from the float model, as NNCF does; ``calibrate`` measures them
+in its own streaming pass, so by default no data is read again — and subtracts
+``Σ (Wq − W)[c] · mean(x)`` from the bias of output channel ``c``. Float means did at least as
+well as means through the fake-quantized model (PP-OCR cls under onnxruntime's int8 kernels,
+percentile 99.999: 0.870 vs 0.865 top-1 agreement with float on 400 images; 0.7975 without).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import DataSource, Model, QuantSpec, check_finite, evaluate
-from ...ir.edit import add_initializer, add_node, producer, set_constant
+from ...ir.edit import add_initializer, add_node, batch_names, producer, set_constant
 from ...ir.errors import CalibrationError, PassError
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
-from .qdq import float_source, qdq_attrs, qparams
+from .qdq import float_source, qdq_attrs, qparams, strip_qdq
 from .qmath import dequantize, quantize
 from .scheme import integer_type_of
 
@@ -29,57 +34,61 @@ class BiasCorrection(Pass):
     """Shift the bias of each quantized Conv/Gemm by its mean output error from weight rounding.
 
     Run after ``calibrate`` (activation scales and int32 biases known) and before ``fold-qdq``.
-    The input means come from ONE streaming pass over the data (``samples`` samples, ``batch``
-    per run) through the fake-quantized model; memory grows with the number of convs, not of
-    samples. Convs without a bias, or whose weight is not fake-quantized from a float constant,
-    are left alone. An int32 bias keeps its scale (input scale × weight scale) and is requantized.
-    Needs: data. Not semantics-preserving (it is meant to bring the quantized model closer
-    to the float one).
+    ``statistics=float`` (default, NNCF's FastBiasCorrection) takes each conv's per-channel
+    input mean from the float model: ``calibrate`` measured them in its own streaming pass and
+    left them in the pass context, so no data is read again; without them (bias-correction run
+    on its own) one streaming pass through the float model measures them. ``statistics=quantized``
+    measures them through the fake-quantized model instead (one more pass; inputs then carry the
+    upstream layers' rounding). Either pass reads ``samples`` samples, ``batch`` per run, and
+    keeps memory proportional to the number of convs, not of samples. Convs without a bias, or
+    whose weight is not fake-quantized from a float constant, are left alone. An int32 bias keeps
+    its scale (input scale × weight scale) and is requantized. Needs: data (unless calibrate's
+    statistics are there). Not semantics-preserving (it brings the quantized model closer to
+    the float one).
     """
 
     needs_data = True
+    statistics: Literal["float", "quantized"] = "float"
     samples: int | None = None
     batch: int | None = None
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         if not model.nodes("QuantizeLinear", "DequantizeLinear"):
             raise PassError("the model has no Q/DQ pairs", hint="run insert-qdq and calibrate first")
-        layers = [layer for node in model.nodes("Conv", "Gemm") if (layer := _layer(node)) is not None]
+        layers = conv_layers(model)
         if not layers:
             return PassResult(changed=False, stats={"corrected": 0})
-        means = self._input_means(model, ctx, sorted({layer["x"].name for layer in layers}))
-        corrected, largest = 0, 0.0
-        for layer in layers:
-            mean = means.get(layer["x"].name)
-            if mean is None:
-                continue
-            shift = _weight_error_shift(layer["node"], layer["error"], mean)
-            if shift is None or not np.any(shift):
-                continue
-            bias = layer["bias"]
-            values = layer["bias_values"] - shift.astype(np.float64)
-            if bias is None:
-                _add_bias(model, layer["node"], values)
-            elif isinstance(bias, gs.Constant):
-                set_constant(bias, values.astype(np.asarray(bias.values).dtype))
-            else:  # int32 bias behind a DequantizeLinear: same scale, new integers
-                params = qparams(bias)
-                scale = np.asarray(params.scale.values)
-                q = quantize(values.astype(scale.dtype), scale, np.zeros(scale.shape, np.int32), "int32",
-                             params.axis if scale.ndim else None)
-                set_constant(bias.inputs[0], q)
-            largest = max(largest, float(np.max(np.abs(shift))))
-            corrected += 1
-        model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        model.invalidate()
-        return PassResult(changed=bool(corrected), stats={"corrected": corrected, "max_shift": largest})
+        if self.statistics == "float":
+            means, source = self._float_means(model, ctx, layers)
+        else:
+            means = self._input_means(model, ctx, sorted({layer["x"].name for layer in layers}))
+            means = {layer["x"].name: means[layer["x"].name] for layer in layers if layer["x"].name in means}
+            source = "quantized model"
+        corrected, largest = _correct(model, layers, means)
+        return PassResult(changed=bool(corrected), stats={"corrected": corrected, "max_shift": largest,
+                                                          "statistics": source})
+
+    def _float_means(self, model: Model, ctx: PassContext, layers: list[dict]) -> tuple[dict, str]:
+        from .calibrate import FLOAT_MEANS_KEY
+
+        names = {layer["x"].name: _float_input(layer["x"]) for layer in layers}
+        owner, shared = ctx.shared.get(FLOAT_MEANS_KEY, (None, {}))
+        if owner == id(model) and all(n is None or n in shared for n in names.values()):
+            return {x: shared[n] for x, n in names.items() if n is not None}, "calibrate's float statistics"
+        float_model = model.copy()
+        strip_qdq(float_model)  # keeps the names of Q inputs
+        wanted = sorted({n for n in names.values() if n is not None})
+        means = self._input_means(float_model, ctx, wanted)
+        return {x: means[n] for x, n in names.items() if n in means}, "float model"
 
     def _input_means(self, model: Model, ctx: PassContext, names: list[str]) -> dict[str, np.ndarray]:
         source = DataSource.open(ctx.data, model)
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         seen = 0
-        for index, feed in enumerate(source.feeds(batch=self.batch or 8, limit=self.samples)):
+        # a model whose batch size is fixed takes only that many samples per run
+        batch = self.batch or source.model_batch or 8
+        for index, feed in enumerate(source.feeds(batch=batch, limit=self.samples)):
             check_finite(feed, where=f"bias-correction batch {index}")
             for name, value in evaluate(model, feed, outputs=names).items():
                 value = np.asarray(value, dtype=np.float64)
@@ -92,6 +101,67 @@ class BiasCorrection(Pass):
         if seen == 0:
             raise CalibrationError("the calibration data holds no samples", hint="give at least one sample")
         return {name: sums[name] / counts[name] for name in sums}
+
+
+def conv_layers(model: Model) -> list[dict]:
+    """The Conv/Gemm layers whose bias the pass can correct (see ``_layer``)."""
+    return [layer for node in model.nodes("Conv", "Gemm") if (layer := _layer(node)) is not None]
+
+
+def apply_bias_correction(model: Model, float_means: dict[str, np.ndarray]) -> tuple[int, float]:
+    """Correct every layer's bias from the float model's per-channel input means, keyed by the
+    name of the float tensor behind each layer's Q→DQ input. Returns (layers corrected, largest
+    shift). Used by ``calibrate{method=auto}`` to score candidates as this pass leaves them."""
+    layers = conv_layers(model)
+    means = {layer["x"].name: float_means[n] for layer in layers
+             if (n := _float_input(layer["x"])) is not None and n in float_means}
+    return _correct(model, layers, means)
+
+
+def _correct(model: Model, layers: list[dict], means: dict[str, np.ndarray]) -> tuple[int, float]:
+    with batch_names(model):  # one walk of the graph for the names of any new biases
+        corrected, added, largest = _correct_in(model, layers, means)
+    if added:  # new bias nodes and initializers
+        model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    if corrected:
+        model.invalidate()
+    return corrected, largest
+
+
+def _correct_in(model: Model, layers: list[dict], means: dict[str, np.ndarray]) -> tuple[int, int, float]:
+    corrected, added, largest = 0, 0, 0.0
+    for layer in layers:
+        mean = means.get(layer["x"].name)
+        if mean is None:
+            continue
+        shift = _weight_error_shift(layer["node"], layer["error"], mean)
+        if shift is None or not np.any(shift):
+            continue
+        bias = layer["bias"]
+        values = layer["bias_values"] - shift.astype(np.float64)
+        if bias is None:
+            _add_bias(model, layer["node"], values)
+            added += 1
+        elif isinstance(bias, gs.Constant):
+            set_constant(bias, values.astype(np.asarray(bias.values).dtype))
+        else:  # int32 bias behind a DequantizeLinear: same scale, new integers
+            params = qparams(bias)
+            scale = np.asarray(params.scale.values)
+            q = quantize(values.astype(scale.dtype), scale, np.zeros(scale.shape, np.int32), "int32",
+                         params.axis if scale.ndim else None)
+            set_constant(bias.inputs[0], q)
+        largest = max(largest, float(np.max(np.abs(shift))))
+        corrected += 1
+    return corrected, added, largest
+
+
+def _float_input(x: gs.Tensor) -> str | None:
+    """Name of the float tensor that ``x`` = DQ(Q(tensor)) stands for."""
+    dq = producer(x)
+    q = producer(dq.inputs[0]) if dq is not None and dq.op == "DequantizeLinear" else None
+    if q is None or q.op != "QuantizeLinear" or isinstance(q.inputs[0], gs.Constant):
+        return None
+    return q.inputs[0].name
 
 
 def _dequantized_constant(tensor: gs.Tensor) -> tuple[np.ndarray, np.ndarray] | None:

@@ -11,6 +11,11 @@ number of samples. The range methods turn the statistics into a clipping range:
   and its quantized version (TensorRT's calibrator), on |x|, one-sided for x ≥ 0 or x ≤ 0,
   ignoring exact zeros; min/max when the tensor has too few values for a histogram.
 - ``mse``: the clipping range minimising the expected squared quantization error.
+- ``mean-minmax``: the mean over samples of each sample's minimum and maximum (NNCF's default
+  for activations): a range that most samples fill, ignoring the rare sample with outliers.
+
+The statistics for all methods come from the same updates, so one streaming pass over the
+data serves every method (``calibrate{method=auto}`` compares several of them).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ MIN_VALUES_PER_LEVEL = 64
 
 
 class RangeObserver:
-    def __init__(self, *, histogram: bool, bins: int = DEFAULT_BINS):
+    def __init__(self, *, histogram: bool, bins: int = DEFAULT_BINS, count_zeros: bool = True):
         if bins % 4:
             raise ValueError("bins must be a multiple of 4")
         self.min = np.inf
@@ -36,18 +41,41 @@ class RangeObserver:
         self.hist: np.ndarray | None = np.zeros(bins, dtype=np.int64) if histogram else None
         self.radius = 0.0  # histogram covers [−radius, radius]
         self._zeros = 0  # values seen while every value so far was 0 (no radius yet)
-        self.exact_zeros = 0  # zeros are exact on any grid: entropy ignores their spike
+        # zeros are exact on any grid: entropy ignores their spike (counting them costs a pass
+        # over the data, so callers that will not ask for entropy switch it off)
+        self.count_zeros = count_zeros
+        self.exact_zeros = 0
+        self.samples = 0  # samples (or whole updates) behind the sums below
+        self.sum_min = 0.0  # Σ per-sample minimum (mean-minmax)
+        self.sum_max = 0.0
 
-    def update(self, values: np.ndarray) -> None:
+    def update(self, values: np.ndarray, samples: int | None = None) -> tuple[float, float]:
+        """Add one batch and return its (min, max) — NaN or ±inf when it holds such values.
+
+        ``samples``: the batch's sample count; when the leading axis has that size, per-sample
+        extremes feed ``mean-minmax`` (otherwise the batch counts as one sample).
+        """
         values = np.asarray(values)
         if values.size == 0:
-            return
-        lo, hi = float(values.min()), float(values.max())
+            return 0.0, 0.0
+        if samples and samples > 1 and values.ndim and values.shape[0] == samples:
+            per = values.reshape(samples, -1)
+            mins, maxs = per.min(axis=1).astype(np.float64), per.max(axis=1).astype(np.float64)
+            lo, hi = float(mins.min()), float(maxs.max())
+        else:
+            lo, hi = float(values.min()), float(values.max())
+            mins, maxs = np.array([lo]), np.array([hi])
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return lo, hi  # the caller reports it; such values must not reach the statistics
+        self.sum_min += float(mins.sum())
+        self.sum_max += float(maxs.sum())
+        self.samples += mins.size
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += values.size
         if self.hist is None:
-            return
-        self.exact_zeros += int(values.size - np.count_nonzero(values))
+            return lo, hi
+        if self.count_zeros:
+            self.exact_zeros += int(values.size - np.count_nonzero(values))
         amax = max(-lo, hi)
         if self.radius == 0.0:
             self.radius = amax if amax > 0 else 0.0
@@ -55,9 +83,9 @@ class RangeObserver:
             self._grow(amax)
         if self.radius == 0.0:  # all zeros so far: they fall in the bin right above 0
             self._zeros += values.size
-            return
-        counts, _ = np.histogram(values, bins=self.bins, range=(-self.radius, self.radius))
-        self.hist += counts
+            return lo, hi
+        self.hist += _histogram(values, self.bins, self.radius)
+        return lo, hi
 
     def _grow(self, amax: float) -> None:
         while self.radius < amax:
@@ -80,7 +108,9 @@ class RangeObserver:
     def compute_range(self, method: str, dtype: str, symmetric: bool, percentile: float = 99.99
                       ) -> tuple[float, float]:
         lo, hi = float(self.min), float(self.max)
-        if method == "minmax" or self.hist is None or self.radius == 0.0 or self.count == 0:
+        if method == "mean-minmax" and self.samples:
+            return self.sum_min / self.samples, self.sum_max / self.samples
+        if method in ("minmax", "mean-minmax") or self.hist is None or self.radius == 0.0 or self.count == 0:
             return lo, hi
         hist, edges = self.merged_histogram()
         if method == "percentile":
@@ -95,6 +125,23 @@ class RangeObserver:
         if method == "mse":
             return _mse_range(hist, edges, lo, hi, dtype, symmetric)
         raise ValueError(f"unknown calibration method '{method}'")
+
+
+def _histogram(values: np.ndarray, bins: int, radius: float) -> np.ndarray:
+    """Counts of ``values`` in ``bins`` equal bins over [−radius, radius] (all values lie inside).
+
+    Same bins as ``np.histogram(values, bins, range=(−radius, radius))``, about 3× faster: the
+    range is known, so one multiply, a cast and ``bincount`` do it (calibration spends most of
+    its time here on small models).
+    """
+    x = values.reshape(-1)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float32)
+    # Scale first (x + radius could overflow float32 near its limit). x ≥ −radius, so the index
+    # is ≥ 0 up to rounding, which the cast truncates to 0; x = radius reaches past the end.
+    index = (x * np.asarray(bins / (2 * radius), x.dtype) + np.asarray(bins // 2, x.dtype)).astype(np.intp)
+    np.minimum(index, bins - 1, out=index)
+    return np.bincount(index, minlength=bins)
 
 
 def _fold(hist: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,20 +212,17 @@ def _kl_threshold(mags: np.ndarray, levels: int) -> int:
 
 
 def _mse_range(hist, edges, lo, hi, dtype, symmetric, steps: int = 100):
+    """The range ``(f·lo, f·hi)``, f in [0.2, 1], with the least expected squared error over the
+    histogram (bin centres stand for their values); every f at once."""
     centers = (edges[:-1] + edges[1:]) / 2
     weights = hist.astype(np.float64)
     keep = weights > 0
-    centers, weights = centers[keep], weights[keep]
-    centers = np.clip(centers, lo, hi)
+    centers, weights = np.clip(centers[keep], lo, hi), weights[keep]
     qmin, qmax = qrange(dtype)
-    best, best_err = (lo, hi), np.inf
-    for k in range(steps // 5, steps + 1):
-        f = k / steps
-        c_lo, c_hi = lo * f, hi * f
-        scale, zero = compute_qparams(c_lo, c_hi, dtype, symmetric, scale_dtype=np.float64)
-        s, z = float(scale), float(zero.astype(np.int64))
-        q = np.clip(np.rint(centers / s) + z, qmin, qmax)
-        err = float(np.sum(weights * (centers - (q - z) * s) ** 2))
-        if err < best_err:
-            best_err, best = err, (c_lo, c_hi)
-    return best
+    factors = np.arange(steps // 5, steps + 1) / steps
+    scale, zero = compute_qparams(lo * factors, hi * factors, dtype, symmetric, scale_dtype=np.float64)
+    s, z = scale[:, None], zero.astype(np.int64)[:, None].astype(np.float64)
+    q = np.clip(np.rint(centers[None, :] / s) + z, qmin, qmax)
+    err = np.sum(weights[None, :] * (centers[None, :] - (q - z) * s) ** 2, axis=1)
+    f = factors[int(np.argmin(err))]
+    return lo * f, hi * f

@@ -18,13 +18,16 @@ def magika_files():
     return features
 
 
+@pytest.mark.slow  # ~23 s on two shared cores: auto calibration, then 2 × 192 magika runs
 def test_magika_quantized_agrees_with_float_on_real_files(magika_files):
     model = load(zoo.magika_model())
     calibration, evaluation = magika_files[:64], magika_files[64:]
-    quantized = presso.quantize(model, {"bytes": calibration}, progress=False)
+    quantized, report = presso.quantize(model, {"bytes": calibration}, progress=False, report=True)
     assert quantized.nodes("DequantizeLinear") and model is not quantized
-    expected = evaluate(model, {"bytes": evaluation})["target_label"].argmax(axis=1)
-    got = evaluate(quantized, {"bytes": evaluation})["target_label"].argmax(axis=1)
+    assert report.records[1].result.stats["chosen"]  # the default measures which range method to use
+    # one onnxruntime thread: this CPU is shared, and its thread pool's spinning costs more than it saves
+    expected = evaluate(model, {"bytes": evaluation}, threads=1)["target_label"].argmax(axis=1)
+    got = evaluate(quantized, {"bytes": evaluation}, optimization="all", threads=1)["target_label"].argmax(axis=1)
     agreement = float(np.mean(expected == got))
     assert agreement >= 0.95, f"quantized magika agrees with float on {agreement:.1%} of {len(got)} real files"
 
