@@ -56,7 +56,7 @@ class TVMBackend:
         folder = Path(output) if output is not None else Path(tempfile.mkdtemp(prefix="presso-tvm-"))
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        prepared = lower.prepare(model, target, shapes)
+        prepared = lower.prepare(model, target, shapes, int8=int8)
         int8_report = Int8Report()
         avx2 = target.isa == "x86_64" and "avx2" in target.features
         mod = lower.to_relax(prepared, int8=int8, int8_report=int8_report, avx2=avx2)

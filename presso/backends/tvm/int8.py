@@ -79,14 +79,24 @@ class Int8Report:
     conv2d: int = 0
     matmul: int = 0
     avx2_kernels: int = 0  # of those, the ones on the hand-written vpmaddubsw kernel
-    kept_float: dict[str, int] = field(default_factory=dict)  # reason → count
+    _kept: dict[int, str] = field(default_factory=dict, repr=False)  # op's weight (identity) → reason
+
+    @property
+    def kept_float(self) -> dict[str, int]:
+        """Why quantized ops stayed in float: reason → count."""
+        counts: dict[str, int] = {}
+        for reason in self._kept.values():
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
 
     def as_dict(self) -> dict[str, Any]:
         return {"conv2d": self.conv2d, "matmul": self.matmul, "avx2_kernels": self.avx2_kernels,
-                "kept_float": dict(self.kept_float)}
+                "kept_float": self.kept_float}
 
-    def keep(self, reason: str) -> None:
-        self.kept_float[reason] = self.kept_float.get(reason, 0) + 1
+    def keep(self, key: int, reason: str) -> None:
+        # keyed by the op's weight constant, which stays the same object while the rewriter
+        # revisits the op (it may, more than once, and rebuild it when its inputs change)
+        self._kept[key] = reason
 
 
 def rewrite(mod, report: Int8Report | None = None, *, avx2: bool = False):
@@ -114,7 +124,7 @@ def rewrite(mod, report: Int8Report | None = None, *, avx2: bool = False):
         return _Operands(
             x=m[x_q], x_scale=_array(m[x_scale]), x_zero=_array(m[x_zero]), x_axis=int(x_call.attrs.axis),
             w=_array(m[w_q]), w_scale=_array(m[w_scale]), w_zero=_array(m[w_zero]), w_axis=int(w_call.attrs.axis),
-            out_dtype=str(w_call.attrs.out_dtype))
+            out_dtype=str(w_call.attrs.out_dtype), key=hash(m[w_q]))
 
     def on_conv(call, m):
         new = _conv(call, operands(m), report, bb if avx2 else None)
@@ -128,7 +138,7 @@ def rewrite(mod, report: Int8Report | None = None, *, avx2: bool = False):
         if transposed:
             axes = m[w_t].attrs.axes
             if axes is not None and [int(a) for a in axes] != [1, 0]:
-                report.keep("matmul weight transposed other than [1, 0]")
+                report.keep(ops.key, "matmul weight transposed other than [1, 0]")
                 return call
         new = _matmul(call, ops, transposed, report, bb if avx2 else None)
         if new is not None:
@@ -162,6 +172,7 @@ class _Operands:
     w_zero: np.ndarray
     w_axis: int
     out_dtype: str
+    key: int  # identifies the op in the report (its weight constant)
 
 
 def _array(const) -> np.ndarray:
@@ -190,7 +201,7 @@ def _check(ops: _Operands, channel_axis: int, report: Int8Report) -> bool:
     if ops.out_dtype != "float32" or ops.x_scale.dtype != np.float32 or ops.w_scale.dtype != np.float32:
         reasons.append("not float32")
     for reason in reasons[:1]:
-        report.keep(reason)
+        report.keep(ops.key, reason)
     return not reasons
 
 
@@ -199,7 +210,7 @@ def _conv(call, ops: _Operands, report: Int8Report, bb=None):
 
     attrs = call.attrs
     if (attrs.data_layout, attrs.kernel_layout) != ("NCHW", "OIHW") or (attrs.out_layout not in ("NCHW", None)):
-        report.keep("conv2d layout not NCHW/OIHW")
+        report.keep(ops.key, "conv2d layout not NCHW/OIHW")
         return None
     if not _check(ops, 0, report):
         return None
@@ -232,10 +243,10 @@ def _matmul(call, ops: _Operands, transposed: bool, report: Int8Report, bb=None)
     from tvm import relax
 
     if ops.w.ndim != 2:
-        report.keep("matmul weight not 2-D")
+        report.keep(ops.key, "matmul weight not 2-D")
         return None
     if call.attrs.out_dtype not in ("", "void", None) and str(call.attrs.out_dtype) not in ("float32", "void"):
-        report.keep("matmul out_dtype not float32")
+        report.keep(ops.key, "matmul out_dtype not float32")
         return None
     # the output-channel axis of the weight as stored: N of [K, N], or of [N, K] when transposed
     if not _check(ops, 0 if transposed else 1, report):

@@ -88,6 +88,10 @@ def _canonicalize(func, mod):
                         lambda expr, _: _clip_as_min_max(expr), func)
     func = rewrite_call(is_op("relax.call_tir")(wildcard(), wildcard()),
                         lambda expr, _: _call_tir_as_min_max(expr, mod), func)
+    func = rewrite_call(is_op("relax.quantize")(wildcard(), is_const(), is_const()),
+                        lambda expr, _: _quantize_as_elementwise(expr), func)
+    func = rewrite_call(is_op("relax.dequantize")(wildcard(), is_const(), is_const()),
+                        lambda expr, _: _dequantize_as_elementwise(expr), func)
     func = rewrite_call(is_op("relax.broadcast_to")(wildcard(), wildcard()),
                         lambda expr, _: _drop_identity_broadcast(expr), func)
     stack = is_op("relax.stack")(wildcard())
@@ -100,6 +104,45 @@ def _canonicalize(func, mod):
                         is_op(f"relax.{name}")(is_const(), wildcard())):
             func = rewrite_call(pattern, lambda expr, _: _full_rank_constants(expr), func)
     return func
+
+
+def _scalar_qparams(call):
+    """(scale, zero point) as numpy scalars when both are single values, else None."""
+    scale, zero = call.args[1].value.numpy(), call.args[2].value.numpy()
+    if scale.size != 1 or zero.size != 1 or scale.dtype != np.float32:
+        return None
+    return scale.reshape(()), zero.reshape(())
+
+
+def _quantize_as_elementwise(call):
+    """Per-tensor ``quantize`` as the element-wise ops TVM legalizes it into, which (unlike
+    ``quantize`` itself) ConvertLayout can carry NHWC through: ``round(x / s) + zp``, clamped to
+    the integer type's range, cast."""
+    from tvm import relax, tirx
+
+    params = _scalar_qparams(call)
+    dtype = str(call.attrs.out_dtype)
+    if params is None or str(call.args[0].ty.dtype) != "float32" or "int" not in dtype:
+        return call
+    scale, zero = params
+    x = relax.op.add(relax.op.round(relax.op.divide(call.args[0], relax.const(scale, "float32"))),
+                     relax.const(np.float32(zero), "float32"))
+    x = relax.op.maximum(relax.op.minimum(x, relax.const(float(tirx.max_value(dtype).value), "float32")),
+                         relax.const(float(tirx.min_value(dtype).value), "float32"))
+    return relax.op.astype(x, dtype)
+
+
+def _dequantize_as_elementwise(call):
+    """Per-tensor ``dequantize`` to float32 as ``float(int32(q) - zp) * s`` (TVM's legalization)."""
+    from tvm import relax
+
+    params = _scalar_qparams(call)
+    data_dtype = str(call.args[0].ty.dtype)
+    if params is None or str(call.attrs.out_dtype) != "float32" or "int" not in data_dtype:
+        return call
+    scale, zero = params
+    x = relax.op.subtract(relax.op.astype(call.args[0], "int32"), relax.const(np.int32(zero), "int32"))
+    return relax.op.multiply(relax.op.astype(x, "float32"), relax.const(scale, "float32"))
 
 
 def _drop_identity_broadcast(call):

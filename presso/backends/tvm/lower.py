@@ -28,8 +28,14 @@ from .int8 import rewrite as rewrite_int8
 _TVM_EXTRA_PASSES = "fold-batchnorm,fold-constants,eliminate-dead-code"
 
 
-def prepare(model: Model, target: Target, shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
-    """A cleaned copy of ``model`` with ``shapes`` fixed, ready for the Relax frontend."""
+def prepare(model: Model, target: Target, shapes: Mapping[str, Sequence[int]] | None = None, *,
+            int8: str = "float") -> Model:
+    """A cleaned copy of ``model`` with ``shapes`` fixed, ready for the Relax frontend.
+
+    With ``int8="arith"`` it also stores quantized weights as integers (``fold-qdq``: a
+    QuantizeLinear of a constant weight, as onnxruntime's quantize_static leaves computed
+    weights, becomes an integer initializer), which the integer rewrite needs.
+    """
     model = model.copy()
     expand_qoperators(model)  # QLinearConv & co. have no Relax converter; their DQ → op → Q form does
     if shapes:
@@ -37,7 +43,10 @@ def prepare(model: Model, target: Target, shapes: Mapping[str, Sequence[int]] | 
             fix_input_shapes(model, shapes)
         except PressoError as exc:
             raise BackendError(str(exc), hint="check --shape NAME=D0,D1,... against the model's inputs") from exc
-    PassManager.parse(f"{target.legalize},{_TVM_EXTRA_PASSES}").run(model)
+    pipeline = f"{target.legalize},{_TVM_EXTRA_PASSES}"
+    if int8 == "arith" and any(node.op == "QuantizeLinear" for node in model.graph.nodes):
+        pipeline += ",fold-qdq{check_load=false},eliminate-dead-code"
+    PassManager.parse(pipeline).run(model)
     return model
 
 

@@ -126,7 +126,8 @@ def _integer_ops(mod) -> list[tuple[str, list[str], str]]:
 
 def _relax(model, int8, report=None):
     """The Relax module the backend builds for cpu-x86 (before fusion and scheduling)."""
-    return lower.to_relax(lower.prepare(model, get_target("cpu-x86")), int8=int8, int8_report=report, avx2=True)
+    prepared = lower.prepare(model, get_target("cpu-x86"), int8=int8)
+    return lower.to_relax(prepared, int8=int8, int8_report=report, avx2=True)
 
 
 AVX2 = "conv_u8s8_avx2"  # the hand-written vpmaddubsw kernel (channels multiples of 4 in, 8 out)
