@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from quantization import LEGALIZE_FOR_QUANTIZERS  # the float model every quantizer there starts from
 
 
 def _prepare(name: str):
@@ -46,8 +47,7 @@ def _prepare(name: str):
         raise SystemExit(f"unknown model {name}")
     model = presso.load(source)
     fix_input_shapes(model, {input_name: shape})
-    PassManager.parse("constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,"
-                      "eliminate-dead-code,upgrade-opset{version=13}").run(model)
+    PassManager.parse(LEGALIZE_FOR_QUANTIZERS).run(model)
     return model, input_name, calib, evalx
 
 

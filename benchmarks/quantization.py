@@ -47,6 +47,11 @@ EXTENSION_LABELS = {
     ".txt": "txt", ".pyi": "python", ".bz2": "bzip", ".xz": "xz", ".tar": "tar", ".lua": "lua", ".php": "php",
 }
 
+# What onnxruntime's and NNCF's quantizers need and cannot do themselves on these models
+# (issue 3): weights as initializers, folded constants and BN, opset ≥ 13 for per-channel.
+LEGALIZE_FOR_QUANTIZERS = ("constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,"
+                           "eliminate-dead-code,upgrade-opset{version=13}")
+
 
 # ---- data ---------------------------------------------------------------------------------------
 def prepare(name: str, quick: bool, workdir: Path) -> dict:
@@ -76,10 +81,7 @@ def prepare(name: str, quick: bool, workdir: Path) -> dict:
         raise SystemExit(f"unknown model {name}")
     model = presso.load(source)
     fix_input_shapes(model, {input_name: shape})
-    # What onnxruntime's and NNCF's quantizers need and cannot do themselves on these models
-    # (issue 3): weights as initializers, folded constants and BN, opset ≥ 13 for per-channel.
-    PassManager.parse("constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,"
-                      "eliminate-dead-code,upgrade-opset{version=13}").run(model)
+    PassManager.parse(LEGALIZE_FOR_QUANTIZERS).run(model)
     float_path = workdir / f"{name}_float.onnx"
     presso.save(model, float_path)
     calib_path = workdir / f"{name}_calib.npz"

@@ -19,7 +19,6 @@ import importlib.util
 import os
 import sys
 import tempfile
-import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # keep `import tvm` = TVM
@@ -37,16 +36,6 @@ def _tvm_bench():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def median_ms(fn, runs: int = 10) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
 
 
 def main() -> None:
@@ -86,9 +75,9 @@ def main() -> None:
                 err = max(float(np.abs(list(a.run(feeds).values())[0] - want).max()) for a in (untuned, tuned))
                 rounds = []
                 for _ in range(args.rounds):
-                    t_ort = median_ms(lambda: session.run(None, feeds))
-                    t_untuned = median_ms(lambda: untuned.run(feeds))
-                    t_tuned = median_ms(lambda: tuned.run(feeds))
+                    t_ort = bench.median_ms(lambda: session.run(None, feeds))
+                    t_untuned = bench.median_ms(lambda: untuned.run(feeds))
+                    t_tuned = bench.median_ms(lambda: tuned.run(feeds))
                     rounds.append((t_ort, t_untuned, t_tuned))
                 t = np.median(np.array(rounds), axis=0)
                 r_untuned = np.array([u / o for o, u, _ in rounds])
