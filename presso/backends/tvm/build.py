@@ -66,6 +66,10 @@ def fuse(mod, target):
         from .layout import to_nhwc
 
         mod = use_fast_math(to_nhwc(mod))
+        if "avx2" in str(target.attrs.get("mcpu", "")) or "+avx2" in list(target.attrs.get("mattr", [])):
+            from .int8 import use_avx2_kernels  # int8 convs/matmuls on the vpmaddubsw kernel
+
+            mod = use_avx2_kernels(mod)
     with target:
         return tvm.transform.Sequential([
             relax.backend.DispatchSampling(),

@@ -32,11 +32,15 @@ frontend has no converters for, are first expanded into the same DQ → op → Q
 graph (:func:`expand_qoperators`), so they compile in either mode and run on integers with
 ``arith``. (``MatMulInteger`` has a converter of its own: int32 math on widened operands.)
 
-On x86 with AVX2, convs and matmuls that qualify (8-bit activations — int8 ones read as
-``x + 128`` — 4k input and 8k output channels, no groups, at least 16 output pixels/rows, and
-weights whose pair sums cannot saturate int16) run on a hand-written, already-scheduled kernel
-(:func:`conv_u8s8_avx2`: vpmaddubsw + vpmaddwd, NHWC inside); the rest run on Relax
-``conv2d``/``matmul`` with ``out_dtype="int32"`` and the generic CPU schedules.
+Two steps, so that the integer ops take part in the layout rewrite like float ones:
+:func:`rewrite` (from :func:`.lower.to_relax`, target-independent) emits plain Relax
+``conv2d``/``matmul`` with ``out_dtype="int32"``, which the generic CPU schedules compile;
+on x86 with AVX2, :func:`use_avx2_kernels` (from :func:`.build.fuse`, after the NHWC
+rewrite, before legalization) then moves the convs and matmuls that qualify (8-bit
+activations — int8 ones read as ``x + 128`` — 4k input and 8k output channels, no groups,
+at least 16 output pixels/rows, weights whose pair sums cannot saturate int16) onto a
+hand-written, already-scheduled kernel (:func:`conv_u8s8_avx2`: vpmaddubsw + vpmaddwd, NHWC),
+whose epilogue (rescale, bias, next Q) stays an NHWC element-wise kernel.
 
 Needs TVM for :func:`rewrite` (imported lazily, like the rest of the backend).
 """
@@ -57,11 +61,11 @@ from ...ir.edit import add_initializer, add_node, replace_all_uses
 MODES = ("arith", "float")
 
 # The default mode per target: the faster one where measured. cpu-x86 (AVX2 EPYC without VNNI,
-# 1 thread, thread CPU time, median of interleaved runs, QDQ models from presso.quantize with the
-# cpu-x86 scheme): magika 15.2 ms arith vs 21.4 ms float (onnxruntime int8: 12.3 ms), PP-OCR cls
-# 4.9 ms vs 5.3 ms (onnxruntime int8: 5.2 ms); the win comes from the vpmaddubsw kernel below
-# (without it, on the generic schedules, arith was 0.85-1.0x float). Not measured elsewhere
-# (cpu-arm64 has no such kernel yet and runs under qemu here; cuda): float, the frontend's form.
+# `python benchmarks/tvm_int8.py`: 1 thread, median thread CPU time of interleaved runs, QDQ
+# models from presso.quantize for cpu-x86): magika 13.6 ms arith vs 20.2 ms float (onnxruntime
+# int8 10.1 ms), PP-OCR cls 4.4 ms vs 4.7 ms (onnxruntime int8 4.2 ms). The win comes from the
+# vpmaddubsw kernel below: on the generic schedules alone arith was 0.85-1.0x float. Not measured
+# elsewhere (cpu-arm64 has no such kernel and runs under qemu here; cuda): float, the frontend's form.
 DEFAULT_MODE: dict[str, str] = {"cpu-x86": "arith"}
 FALLBACK_MODE = "float"
 
@@ -102,9 +106,9 @@ class Int8Report:
 def rewrite(mod, report: Int8Report | None = None, *, avx2: bool = False):
     """Rewrite quantized conv2d/matmul in every Relax function of ``mod`` (see the module doc).
 
-    ``avx2``: the target is x86 with AVX2: convs and matmuls that qualify run on
-    :func:`conv_u8s8_avx2`.
-    Must run before ``FoldConstant``, which would fold the weights' dequantize into float
+    ``avx2``: the target is x86 with AVX2, so the convs and matmuls that qualify will run on
+    :func:`conv_u8s8_avx2` (:func:`use_avx2_kernels` swaps them in after the layout rewrite);
+    they are counted in ``report.avx2_kernels``. Must run before ``FoldConstant``, which would fold the weights' dequantize into float
     constants. Returns the new module; ``report`` (if given) is filled in.
     """
     from tvm import relax
@@ -127,7 +131,7 @@ def rewrite(mod, report: Int8Report | None = None, *, avx2: bool = False):
             out_dtype=str(w_call.attrs.out_dtype), key=hash(m[w_q]))
 
     def on_conv(call, m):
-        new = _conv(call, operands(m), report, bb if avx2 else None)
+        new = _conv(call, operands(m), report, avx2)
         if new is not None:
             report.conv2d += 1
         return new if new is not None else call
@@ -140,7 +144,7 @@ def rewrite(mod, report: Int8Report | None = None, *, avx2: bool = False):
             if axes is not None and [int(a) for a in axes] != [1, 0]:
                 report.keep(ops.key, "matmul weight transposed other than [1, 0]")
                 return call
-        new = _matmul(call, ops, transposed, report, bb if avx2 else None)
+        new = _matmul(call, ops, transposed, report, avx2)
         if new is not None:
             report.matmul += 1
         return new if new is not None else call
@@ -150,15 +154,15 @@ def rewrite(mod, report: Int8Report | None = None, *, avx2: bool = False):
     acc_i32 = dpl.wildcard().has_dtype("int32")
     round_trip = dpl.is_op("relax.astype")(dpl.is_op("relax.astype")(acc_i32).has_dtype("float32")).has_dtype("int32")
 
-    bb = relax.BlockBuilder(mod)  # collects the hand-written kernels (add_func)
+    out = mod.shallow_copy() if hasattr(mod, "shallow_copy") else mod
     for gvar, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
         func = dpl.rewrite_call(conv, on_conv, func)
         func = dpl.rewrite_call(matmul, on_matmul, func)
         func = dpl.rewrite_call(round_trip, lambda call, m: m[acc_i32], func)
-        bb.update_func(gvar, func)
-    return relax.transform.DeadCodeElimination()(bb.get())
+        out[gvar] = func
+    return relax.transform.DeadCodeElimination()(out)
 
 
 @dataclass
@@ -205,7 +209,7 @@ def _check(ops: _Operands, channel_axis: int, report: Int8Report) -> bool:
     return not reasons
 
 
-def _conv(call, ops: _Operands, report: Int8Report, bb=None):
+def _conv(call, ops: _Operands, report: Int8Report, avx2: bool = False):
     from tvm import relax
 
     attrs = call.attrs
@@ -217,21 +221,20 @@ def _conv(call, ops: _Operands, report: Int8Report, bb=None):
     zero = int(ops.x_zero.ravel()[0])
     padding = [int(p) for p in attrs.padding]  # top, left, bottom, right
     data = ops.x
-    fast = _avx2_conv(bb, data, ops.w, zero, attrs, report) if bb is not None else None
-    if fast is not None:
-        acc, zero = fast
-    else:
-        if zero != 0 and any(padding):
-            # The conv pads with integer 0, which is real 0.0 only after the zero point is
-            # subtracted: shift x to int16 (|x − z_x| ≤ 255) instead of folding z_x into the
-            # correction. The shift is element-wise, so FuseOps fuses it into the conv kernel's
-            # padding stage (a Relax pad would stay a kernel of its own), and it stays plain
-            # Relax ops that the layout rewrite (NHWC) carries along.
-            data = relax.op.subtract(relax.op.astype(data, "int16"), relax.const(zero, "int16"))
-            zero = 0
-        acc = relax.op.nn.conv2d(data, relax.const(ops.w), strides=attrs.strides, padding=padding,
-                                 dilation=attrs.dilation, groups=int(attrs.groups), data_layout="NCHW",
-                                 kernel_layout="OIHW", out_dtype="int32")
+    if zero != 0 and any(padding):
+        # The conv pads with integer 0, which is real 0.0 only after the zero point is
+        # subtracted: shift x to int16 (|x − z_x| ≤ 255) instead of folding z_x into the
+        # correction. The shift is element-wise, so FuseOps fuses it into the conv kernel's
+        # padding stage (a Relax pad would stay a kernel of its own), it stays plain Relax ops
+        # that the layout rewrite (NHWC) carries along, and use_avx2_kernels recognizes it.
+        data = relax.op.subtract(relax.op.astype(data, "int16"), relax.const(zero, "int16"))
+        zero = 0
+    acc = relax.op.nn.conv2d(data, relax.const(ops.w), strides=attrs.strides, padding=padding,
+                             dilation=attrs.dilation, groups=int(attrs.groups), data_layout="NCHW",
+                             kernel_layout="OIHW", out_dtype="int32")
+    if avx2:
+        out_pixels = int(np.prod([int(d) for d in call.ty.shape.values][2:]))
+        report.avx2_kernels += _avx2_conv_qualifies(_dtype(ops.x), ops.w, int(attrs.groups), out_pixels)
     cout = ops.w.shape[0]
     correction = -zero * ops.w.astype(np.int64).reshape(cout, -1).sum(axis=1)
     scale = (ops.x_scale.astype(np.float32).ravel()[0] * ops.w_scale.astype(np.float32)).ravel()
@@ -239,7 +242,7 @@ def _conv(call, ops: _Operands, report: Int8Report, bb=None):
     return _rescale(acc, correction.reshape(1, cout, 1, 1), scale.reshape(1, cout, 1, 1))
 
 
-def _matmul(call, ops: _Operands, transposed: bool, report: Int8Report, bb=None):
+def _matmul(call, ops: _Operands, transposed: bool, report: Int8Report, avx2: bool = False):
     from tvm import relax
 
     if ops.w.ndim != 2:
@@ -253,11 +256,10 @@ def _matmul(call, ops: _Operands, transposed: bool, report: Int8Report, bb=None)
         return None
     weight = ops.w.T.copy() if transposed else ops.w  # [K, N]
     zero = int(ops.x_zero.ravel()[0])
-    fast = _avx2_matmul(bb, ops.x, weight, zero, report) if bb is not None else None
-    if fast is not None:
-        acc, zero = fast
-    else:
-        acc = relax.op.matmul(ops.x, relax.const(weight), out_dtype="int32")
+    acc = relax.op.matmul(ops.x, relax.const(weight), out_dtype="int32")
+    if avx2:
+        rows = int(np.prod([int(d) for d in ops.x.ty.shape.values][:-1]))
+        report.avx2_kernels += _avx2_matmul_qualifies(_dtype(ops.x), weight, rows)
     n = weight.shape[1]
     correction = -zero * weight.astype(np.int64).sum(axis=0)
     scale = np.broadcast_to((ops.x_scale.astype(np.float32).ravel()[0] * ops.w_scale.astype(np.float32)).ravel(), (n,))
@@ -361,12 +363,12 @@ def _dq(model: Model, x: gs.Tensor, scale, zero, name: str, axis: int | None = N
 # multiplies 32 uint8 × int8 pairs and adds neighbours into 16 int16 sums; vpmaddwd with ones adds
 # those pairwise into 8 int32: 32 products in 3 instructions (how onnxruntime's MLAS runs int8 on
 # AVX2). The int16 sums saturate unless 255·(|w_0| + |w_1|) ≤ 32767 for each pair of weights,
-# which 7-bit weights (cpu-x86's reduce_range scheme) always satisfy; other weights, int8
-# activations, grouped/depthwise convs and channel counts that are not multiples of 4 (input) and
-# 8 (output) take the generic path. The kernel is one NHWC convolution (a matmul is a 1×1 conv
-# over a 1×M image): it reads 4 input channels of one pixel as one int32, broadcasts it against a
-# packed [8 output channels × 4 input channels] block of weights, and keeps an MR × 8 tile of
-# int32 accumulators (MR output columns) in registers.
+# which 7-bit weights (cpu-x86's reduce_range scheme) always satisfy; other weights,
+# grouped/depthwise convs and channel counts that are not multiples of 4 (input) and 8 (output)
+# take the generic path. The kernel is one NHWC convolution (a matmul is a 1×1 conv over a 1×M
+# image): it reads 4 input channels of one pixel as one int32, broadcasts it against a packed
+# [8 output channels × 4 input channels] block of weights, and keeps an MR × 8 tile of int32
+# accumulators (MR consecutive output pixels) in registers.
 
 MR = 4  # output columns per tile: 4 accumulators of 8 int32, sharing each weight load
 _MIN_COLUMNS = 16  # fewer output pixels/rows than this (a GEMV): not worth the packing
@@ -413,71 +415,120 @@ def pack_weights(weight_oihw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(0, 4, 5, 2, 1, 3))
 
 
-def _as_uint8(x, zero: int):
+def _avx2_conv_qualifies(x_dtype: str, weight_oihw: np.ndarray, groups: int, out_pixels: int) -> bool:
+    oc, c = weight_oihw.shape[:2]
+    return (x_dtype in _EIGHT_BIT and str(weight_oihw.dtype) == "int8" and groups == 1 and c % 4 == 0
+            and oc % 8 == 0 and out_pixels >= _MIN_COLUMNS and _saturation_free(weight_oihw))
+
+
+def _avx2_matmul_qualifies(x_dtype: str, weight_kn: np.ndarray, rows: int) -> bool:
+    k, n = weight_kn.shape
+    padded = np.zeros((n, k + (-k % 4), 1, 1), np.int8)
+    padded[:, :k, 0, 0] = weight_kn.T
+    return (x_dtype in _EIGHT_BIT and str(weight_kn.dtype) == "int8" and n % 8 == 0 and rows >= _MIN_COLUMNS
+            and _saturation_free(padded))
+
+
+def use_avx2_kernels(mod):
+    """Run the integer convs and matmuls that :func:`rewrite` made, and that qualify, on
+    :func:`conv_u8s8_avx2`. Call it after the layout rewrite (NHWC: the kernel's own layout, so
+    the ops around it stay NHWC too) and before legalization. Exact: the kernel reads
+    ``u = x + s`` as uint8 (``s`` = 128 for int8 x, else 0) padded with ``c + s`` where the conv
+    read ``x − c`` (c = 0 unless :func:`rewrite` shifted x), and subtracts ``(c + s)·ΣW``."""
+    from tvm import relax
+    from tvm.relax import dpl
+
+    x8, x_any, c = dpl.wildcard(), dpl.wildcard(), dpl.is_const()
+    shifted = dpl.is_op("relax.subtract")(dpl.is_op("relax.astype")(x8), c)
+    moved = dpl.is_op("relax.permute_dims")(shifted)  # the layout rewrite's transpose at an NCHW input
+    weight = dpl.is_const()
+    conv = dpl.is_op("relax.nn.conv2d")(moved | shifted | x_any, weight)
+    matmul = dpl.is_op("relax.matmul")(x_any, weight)
+    bb = relax.BlockBuilder(mod)  # collects the kernels (add_func)
+
+    def operand(m):
+        """(the 8-bit x the conv reads, its dtype, c) where the conv reads x − c."""
+        if shifted in m and _dtype(m[x8]) in _EIGHT_BIT:
+            x = m[x8]
+            dtype = _dtype(x)
+            if moved in m:
+                x = relax.op.permute_dims(x, m[moved].attrs.axes)
+            return x, dtype, int(_array(m[c]).ravel()[0])
+        return m[x_any], _dtype(m[x_any]), 0
+
+    def on_conv(call, m):
+        x, dtype, zero = operand(m)
+        attrs, w = call.attrs, _array(m[weight])
+        layout = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+        if str(attrs.out_dtype) != "int32" or layout not in (("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")):
+            return call
+        nhwc = layout[0] == "NHWC"
+        w_oihw = w.transpose(3, 2, 0, 1) if nhwc else w
+        out = [int(d) for d in call.ty.shape.values]
+        pixels = out[1] * out[2] if nhwc else out[2] * out[3]
+        if not _avx2_conv_qualifies(dtype, w_oihw, int(attrs.groups), pixels):
+            return call
+        x, zero = _as_uint8(x, zero, dtype)
+        image = x if nhwc else relax.op.permute_dims(x, [0, 2, 3, 1])
+        shape = [int(d) for d in call.args[0].ty.shape.values]
+        n, h, w_ = (shape[0], shape[1], shape[2]) if nhwc else (shape[0], shape[2], shape[3])
+        top, left, bottom, right = (int(p) for p in attrs.padding)
+        if top or left or bottom or right:
+            image = relax.op.nn.pad(image, [0, 0, top, bottom, left, right, 0, 0], pad_value=float(zero))
+        oc, cin, kh, kw = w_oihw.shape
+        shape = ConvShape(n, h + top + bottom, w_ + left + right, cin // 4, oc, kh, kw,
+                          tuple(int(v) for v in attrs.strides), tuple(int(v) for v in attrs.dilation))
+        acc = _call_kernel(bb, image, w_oihw, shape)
+        correction = -zero * w_oihw.astype(np.int64).reshape(oc, -1).sum(axis=1)
+        if np.any(correction):
+            acc = relax.op.add(acc, relax.const(correction.astype(np.int32)))  # NHWC: channels last
+        return acc if nhwc else relax.op.permute_dims(acc, [0, 3, 1, 2])
+
+    def on_matmul(call, m):
+        x, w = m[x_any], _array(m[weight])
+        if str(call.attrs.out_dtype) != "int32" or w.ndim != 2 or not hasattr(x.ty.shape, "values"):
+            return call
+        shape = [int(d) for d in x.ty.shape.values]
+        k, n = w.shape
+        rows = int(np.prod(shape[:-1]))
+        if not _avx2_matmul_qualifies(_dtype(x), w, rows):
+            return call
+        x, zero = _as_uint8(x, 0)
+        k4 = (k + 3) // 4
+        padded = np.zeros((n, 4 * k4, 1, 1), np.int8)
+        padded[:, :k, 0, 0] = w.T
+        image = relax.op.reshape(x, [1, 1, rows, k])  # a 1×rows NHWC image with k channels
+        if k % 4:  # zero channels meet zero weights: they add nothing
+            image = relax.op.nn.pad(image, [0, 0, 0, 0, 0, 0, 0, 4 * k4 - k])
+        acc = relax.op.reshape(_call_kernel(bb, image, padded, ConvShape(1, 1, rows, k4, n)), [*shape[:-1], n])
+        if zero:
+            acc = relax.op.add(acc, relax.const((-zero * w.astype(np.int64).sum(axis=0)).astype(np.int32)))
+        return acc
+
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            func = dpl.rewrite_call(conv, on_conv, func)
+            bb.update_func(gvar, dpl.rewrite_call(matmul, on_matmul, func))
+    return relax.transform.DeadCodeElimination()(bb.get())
+
+
+def _as_uint8(x, zero: int, dtype: str | None = None):
     """(uint8 x, its zero point): int8 activations move up by 128 (same real values)."""
     from tvm import relax
 
-    if _dtype(x) == "uint8":
+    if (dtype or _dtype(x)) == "uint8":
         return x, zero
     shifted = relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16"))
     return relax.op.astype(shifted, "uint8"), zero + 128
 
 
-def _avx2_matmul(bb, x, weight: np.ndarray, zero: int, report: Int8Report):
-    """(int32 ``x @ weight`` on :func:`conv_u8s8_avx2`, the zero point of the x it read), or
-    None when it does not qualify."""
-    from tvm import relax
-
-    shape = [int(d) for d in x.ty.shape.values] if hasattr(x.ty.shape, "values") else None
-    if _dtype(x) not in _EIGHT_BIT or str(weight.dtype) != "int8" or shape is None:
-        return None
-    k, n = weight.shape
-    m = int(np.prod(shape[:-1]))
-    k4 = (k + 3) // 4
-    padded = np.zeros((n, 4 * k4, 1, 1), np.int8)
-    padded[:, :k, 0, 0] = weight.T
-    if m < _MIN_COLUMNS or n % 8 or not _saturation_free(padded):
-        return None
-    x, zero = _as_uint8(x, zero)
-    image = relax.op.reshape(x, [1, 1, m, k])  # a 1×m NHWC image with k channels
-    if k % 4:  # zero channels meet zero weights: they add nothing (and need no correction)
-        image = relax.op.nn.pad(image, [0, 0, 0, 0, 0, 0, 0, 4 * k4 - k])
-    acc = _call_kernel(bb, image, padded, ConvShape(1, 1, m, k4, n), report)
-    return relax.op.reshape(acc, [*shape[:-1], n]), zero
-
-
-def _avx2_conv(bb, x, weight: np.ndarray, zero: int, attrs, report: Int8Report):
-    """(int32 NCHW conv2d of 8-bit ``x`` on :func:`conv_u8s8_avx2`, the zero point of the
-    uint8 x it read), or None. Pads with the zero point, so that the per-channel correction
-    ``z_x·ΣW`` holds at the borders too."""
-    from tvm import relax
-
-    shape = [int(d) for d in x.ty.shape.values] if hasattr(x.ty.shape, "values") else None
-    oc, c, kh, kw = weight.shape
-    if (_dtype(x) not in _EIGHT_BIT or int(attrs.groups) != 1 or shape is None or c % 4 or oc % 8
-            or not _saturation_free(weight)):
-        return None
-    top, left, bottom, right = (int(p) for p in attrs.padding)
-    conv = ConvShape(shape[0], shape[2] + top + bottom, shape[3] + left + right, c // 4, oc, kh, kw,
-                     tuple(int(s) for s in attrs.strides), tuple(int(d) for d in attrs.dilation))
-    if conv.oh * conv.ow < _MIN_COLUMNS:
-        return None
-    x, zero = _as_uint8(x, zero)
-    image = relax.op.permute_dims(x, [0, 2, 3, 1])  # NHWC: cancels with the layout rewrite's transposes
-    if top or left or bottom or right:
-        image = relax.op.nn.pad(image, [0, 0, top, bottom, left, right, 0, 0], pad_value=float(zero))
-    acc = _call_kernel(bb, image, weight, conv, report)
-    return relax.op.permute_dims(acc, [0, 3, 1, 2]), zero
-
-
-def _call_kernel(bb, image, weight_oihw: np.ndarray, conv: ConvShape, report: Int8Report):
+def _call_kernel(bb, image, weight_oihw: np.ndarray, conv: ConvShape):
     from tvm import relax
 
     name = (f"conv_u8s8_avx2_{conv.h}x{conv.w}x{4 * conv.c4}_{conv.oc}x{conv.kh}x{conv.kw}"
             f"_s{conv.stride[0]}{conv.stride[1]}_d{conv.dilation[0]}{conv.dilation[1]}")
     # no global symbol of its own: the VM lowering attaches one per GlobalVar (unique)
     gvar = bb.add_func(conv_u8s8_avx2(conv).without_attr("global_symbol"), name)
-    report.avx2_kernels += 1
     return relax.call_tir(gvar, [image, relax.const(pack_weights(weight_oihw))],
                           relax.TensorType((conv.n, conv.oh, conv.ow, conv.oc), "int32"))
 

@@ -88,8 +88,10 @@ def _canonicalize(func, mod):
                         lambda expr, _: _clip_as_min_max(expr), func)
     func = rewrite_call(is_op("relax.call_tir")(wildcard(), wildcard()),
                         lambda expr, _: _call_tir_as_min_max(expr, mod), func)
-    func = rewrite_call(is_op("relax.quantize")(wildcard(), is_const(), is_const()),
-                        lambda expr, _: _quantize_as_elementwise(expr), func)
+    quantize = is_op("relax.quantize")(wildcard(), is_const(), is_const())
+    func = rewrite_call(is_op("relax.dequantize")(quantize, is_const(), is_const()),
+                        lambda expr, matches: _qdq_as_elementwise(matches[quantize], expr), func)
+    func = rewrite_call(quantize, lambda expr, _: _quantize_as_elementwise(expr), func)
     func = rewrite_call(is_op("relax.dequantize")(wildcard(), is_const(), is_const()),
                         lambda expr, _: _dequantize_as_elementwise(expr), func)
     func = rewrite_call(is_op("relax.broadcast_to")(wildcard(), wildcard()),
@@ -118,18 +120,40 @@ def _quantize_as_elementwise(call):
     """Per-tensor ``quantize`` as the element-wise ops TVM legalizes it into, which (unlike
     ``quantize`` itself) ConvertLayout can carry NHWC through: ``round(x / s) + zp``, clamped to
     the integer type's range, cast."""
+    from tvm import relax
+
+    clamped = _quantized_float(call)
+    return call if clamped is None else relax.op.astype(clamped, str(call.attrs.out_dtype))
+
+
+def _quantized_float(call):
+    """``clamp(round(x / s) + zp)`` in float32 (integral values in the type's range), or None."""
     from tvm import relax, tirx
 
     params = _scalar_qparams(call)
     dtype = str(call.attrs.out_dtype)
     if params is None or str(call.args[0].ty.dtype) != "float32" or "int" not in dtype:
-        return call
+        return None
     scale, zero = params
     x = relax.op.add(relax.op.round(relax.op.divide(call.args[0], relax.const(scale, "float32"))),
                      relax.const(np.float32(zero), "float32"))
-    x = relax.op.maximum(relax.op.minimum(x, relax.const(float(tirx.max_value(dtype).value), "float32")),
-                         relax.const(float(tirx.min_value(dtype).value), "float32"))
-    return relax.op.astype(x, dtype)
+    return relax.op.maximum(relax.op.minimum(x, relax.const(float(tirx.max_value(dtype).value), "float32")),
+                            relax.const(float(tirx.min_value(dtype).value), "float32"))
+
+
+def _qdq_as_elementwise(quantize, dequantize):
+    """``dequantize(quantize(x))`` (an activation's fake quantization) in float32:
+    ``(clamp(round(x / s1) + zp1) - zp2) · s2``. Exact: the clamped value is an integer in the
+    8-bit range, so the casts to int8 and back that the pair spells out change nothing."""
+    from tvm import relax
+
+    clamped = _quantized_float(quantize)
+    params = _scalar_qparams(dequantize)
+    if clamped is None or params is None or str(dequantize.attrs.out_dtype) != "float32":
+        return dequantize
+    scale, zero = params
+    return relax.op.multiply(relax.op.subtract(clamped, relax.const(np.float32(zero), "float32")),
+                             relax.const(scale, "float32"))
 
 
 def _dequantize_as_elementwise(call):

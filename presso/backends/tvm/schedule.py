@@ -40,7 +40,11 @@ from tvm.target import Target
 LANES = 8  # float32 lanes of one AVX2 register / two NEON registers
 ACCUMULATORS = 12  # vector registers for the accumulator tile (AVX2 and NEON have ≥ 16)
 MAX_ROWS = 8
+INLINE_COPIED_LOADS = 16  # buffer loads an inlined expression may add by being copied into its reads
 L2_BYTES = 512 * 1024  # per core; a smaller L2 only moves the loop-order threshold
+# Below this many iterations a kernel runs serially: waking the thread pool costs more than
+# splitting saves (PP-OCR cls has dozens of kernels of a few microseconds).
+PARALLEL_MIN_WORK = 1 << 16
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
@@ -100,13 +104,24 @@ class CPUFallback(CPUScheduleRule):
 
 # ---- inlining ---------------------------------------------------------------------------------
 def _inline(sch: s_tir.Schedule, infos) -> None:
-    """Inline every injective block except zero-padding, until nothing more inlines."""
+    """Inline injective blocks (except zero-padding) until nothing more inlines.
+
+    A block whose value its consumers read several times is inlined only when it is small:
+    inlining copies the expression into every read, so a chain of such blocks (a GELU through
+    a clamped tanh polynomial, with quantize/dequantize between the ops) grows exponentially,
+    and LLVM then takes minutes on the kernel.
+    """
     blocks = [info.block_rv for info in infos if "R" not in info.dom_kind() and not _is_padding(sch, info.block_rv)]
     changed = True
     while changed:
         changed = False
         for block in list(blocks):
-            for primitive in (sch.compute_inline, sch.reverse_compute_inline):
+            attempts = []
+            if _cheap_to_inline(sch, block):
+                attempts.append(sch.compute_inline)
+            if _sole_consumer(sch, block):
+                attempts.append(sch.reverse_compute_inline)
+            for primitive in attempts:
                 try:
                     primitive(block)
                 except (RuntimeError, ValueError):
@@ -114,6 +129,23 @@ def _inline(sch: s_tir.Schedule, infos) -> None:
                 blocks.remove(block)
                 changed = True
                 break
+
+
+def _sole_consumer(sch: s_tir.Schedule, block) -> bool:
+    """Whether ``block`` is the only reader of its producer's output (apache-tvm 0.27's
+    reverse_compute_inline does not check it, and leaves the other readers dangling)."""
+    producers = sch.get_producers(block)
+    return len(producers) == 1 and len(sch.get_consumers(producers[0])) == 1
+
+
+def _cheap_to_inline(sch: s_tir.Schedule, block) -> bool:
+    stmt = sch.get(block)
+    if len(stmt.writes) != 1:
+        return False
+    name = stmt.writes[0].source.name + "["
+    reads = sum(str(sch.get(consumer).body).count(name) for consumer in sch.get_consumers(block))
+    loads = str(getattr(stmt.body, "value", stmt.body)).count("[")  # buffer loads the copy carries
+    return reads <= 1 or loads * reads <= INLINE_COPIED_LOADS
 
 
 def _is_padding(sch: s_tir.Schedule, block) -> bool:
@@ -137,6 +169,7 @@ def _injective(sch: s_tir.Schedule, block) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
+    work = _work(sch, loops)
     inner = loops[-1]
     extent = _extent(sch, inner)
     outer = list(loops[:-1])
@@ -148,8 +181,16 @@ def _injective(sch: s_tir.Schedule, block) -> None:
         sch.vectorize(inner)
     else:
         outer = list(loops)
-    if outer:
+    if outer and work >= PARALLEL_MIN_WORK:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _work(sch: s_tir.Schedule, loops) -> int:
+    """Iterations of a loop nest (multiply-adds of a reduction, elements of an injective block)."""
+    work = 1
+    for loop in loops:
+        work *= _extent(sch, loop) or PARALLEL_MIN_WORK
+    return work
 
 
 # ---- reductions: register-tiled -------------------------------------------------------------
@@ -175,6 +216,7 @@ def _tile_reduction(sch: s_tir.Schedule, info) -> bool:
     n_rows = _extent(sch, rows) if rows is not None else None
     if rows is not None and n_rows is None:
         return False
+    work = _work(sch, loops)
     sch.reorder(*s_loops, *r_loops)
     acc = sch.cache_write(block, 0, "local")
     col_outer, col_vectors, col_lanes = sch.split(cols, factors=[None, block_cols // lanes, lanes])
@@ -197,7 +239,8 @@ def _tile_reduction(sch: s_tir.Schedule, info) -> bool:
     sch.reorder(*outer, *r_loops, *tile)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     # Parallelize before the write-back moves in: TVM wants compact dataflow under the loop.
-    sch.parallel(fused)
+    if work >= PARALLEL_MIN_WORK:
+        sch.parallel(fused)
     sch.reverse_compute_at(acc, fused)
     for loop in tile[:-1]:
         sch.unroll(loop)

@@ -21,6 +21,7 @@ from presso.backends.tvm import int8 as tvm_int8  # noqa: E402
 from presso.backends.tvm import lower  # noqa: E402
 
 Y_SCALE = 0.05
+AVX2 = "conv_u8s8_avx2"  # the hand-written vpmaddubsw kernel (channels multiples of 4 in, 8 out)
 
 
 def _init(name, values):
@@ -107,7 +108,7 @@ def _assert_within_one_step(got, want, step=Y_SCALE):
 
 def _integer_ops(mod) -> list[tuple[str, list[str], str]]:
     """(kernel, operand dtypes, result dtype) of every conv2d/matmul in the Relax ``main``,
-    including the hand-written GEMM kernels that int8.rewrite calls with call_tir."""
+    including the hand-written AVX2 kernels (call_tir)."""
     from tvm import relax
 
     found = []
@@ -125,12 +126,17 @@ def _integer_ops(mod) -> list[tuple[str, list[str], str]]:
 
 
 def _relax(model, int8, report=None):
-    """The Relax module the backend builds for cpu-x86 (before fusion and scheduling)."""
+    """The Relax module the backend imports for cpu-x86 (before layout, fusion, scheduling)."""
     prepared = lower.prepare(model, get_target("cpu-x86"), int8=int8)
     return lower.to_relax(prepared, int8=int8, int8_report=report, avx2=True)
 
 
-AVX2 = "conv_u8s8_avx2"  # the hand-written vpmaddubsw kernel (channels multiples of 4 in, 8 out)
+def _avx2_kernels(model) -> list[tuple[str, list[str], str]]:
+    """The AVX2 kernel calls after build.fuse's layout step (NHWC) and kernel selection."""
+    from presso.backends.tvm.layout import to_nhwc
+
+    return [op for op in _integer_ops(tvm_int8.use_avx2_kernels(to_nhwc(_relax(model, "arith"))))
+            if op[0].startswith(AVX2)]
 
 
 @pytest.mark.parametrize("case,kernel", [
@@ -156,12 +162,14 @@ def test_qdq_conv_runs_on_integers_and_matches_onnxruntime(tmp_path, case, kerne
     report = tvm_int8.Int8Report()
     ops = _integer_ops(_relax(model, "arith", report))
     assert report.conv2d == 1 and not report.kept_float and report.avx2_kernels == (kernel == AVX2)
-    assert len(ops) == 1
-    name, operands, result = ops[0]
-    shifted = kernel != AVX2 and case.get("pad", 1) and case.get("x_zero", 128)
-    assert name.startswith(kernel) and result == "int32"
-    x_dtype = "uint8" if kernel == AVX2 else np.dtype(case.get("x_dtype", np.uint8)).name
-    assert operands == ["int16" if shifted else x_dtype, "int8"]
+    # the imported module: an int32-accumulating conv2d on 8-bit operands (x − z_x as int16
+    # when the conv pads, so that its zero padding is real 0.0)
+    shifted = case.get("pad", 1) and case.get("x_zero", 128)
+    assert ops == [("relax.nn.conv2d", ["int16" if shifted else np.dtype(case.get("x_dtype", np.uint8)).name,
+                                        "int8"], "int32")]
+    # after the layout rewrite, the AVX2 kernel takes the convs it can (uint8 operand: x + 128 for int8 x)
+    avx2 = [(name[:len(AVX2)], operands, out) for name, operands, out in _avx2_kernels(model)]
+    assert avx2 == ([(AVX2, ["uint8", "int8"], "int32")] if kernel == AVX2 else [])
 
     feeds = _feeds(model, scale=1.5)
     artifact = compile(model, "cpu-x86", "tvm", output=tmp_path / "a", int8="arith")
@@ -188,7 +196,9 @@ def test_matmul_on_the_avx2_kernel(tmp_path, rows, k):
     report = tvm_int8.Int8Report()
     ops = _integer_ops(_relax(model, "arith", report))
     assert report.matmul == 1 and report.avx2_kernels == 1
-    assert [(name[:len(AVX2)], operands, out) for name, operands, out in ops] == [(AVX2, ["uint8", "int8"], "int32")]
+    assert ops == [("relax.matmul", ["uint8", "int8"], "int32")]
+    assert [(name[:len(AVX2)], operands, out) for name, operands, out in _avx2_kernels(model)] == [
+        (AVX2, ["uint8", "int8"], "int32")]
     feeds = _feeds(model, scale=2.0)
     artifact = compile(model, "cpu-x86", "tvm", output=tmp_path / "a", int8="arith")
     assert artifact.manifest["int8"]["avx2_kernels"] == 1
