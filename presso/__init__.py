@@ -7,6 +7,7 @@ measure (``bench``). Import what you need from here.
 from .ir import (
     BackendError,
     CalibrationError,
+    InvalidModelError,
     Model,
     ModelLoadError,
     PassError,
@@ -26,7 +27,7 @@ from .backends.benchmark import bench
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "CalibrationError", "Model", "ModelLoadError", "Pass", "PassContext", "PassError",
+    "BackendError", "CalibrationError", "InvalidModelError", "Model", "ModelLoadError", "Pass", "PassContext", "PassError",
     "PassManager", "PassResult", "PipelineError", "PressoError", "UnsupportedOpError", "__version__",
     "evaluate", "inspect", "load", "register_pass", "save",
 ]

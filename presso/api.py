@@ -67,8 +67,7 @@ def quantize(
 
         ctx.target = get_target(target)
     if isinstance(scheme, QuantScheme):
-        ctx.target = _SchemeHolder(scheme)
-        scheme = None
+        ctx.scheme, scheme = scheme, None
     passes = [InsertQDQ(scheme=scheme, exclude=exclude, **insert_options),
               Calibrate(method=method, samples=samples, batch=batch, percentile=percentile, validation=validation,
                         candidates=candidates, bias_correction=bias_correction)]
@@ -79,9 +78,3 @@ def quantize(
     result = PassManager(passes, verify=verify).run(model, data=data, ctx=ctx)
     return (model, result) if report else model
 
-
-class _SchemeHolder:
-    """Stands in for a Target when the caller gives a QuantScheme directly."""
-
-    def __init__(self, scheme: QuantScheme):
-        self.scheme = scheme

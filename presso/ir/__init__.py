@@ -11,6 +11,7 @@ from .data import DataSource, check_finite, random_feeds
 from .errors import (
     BackendError,
     CalibrationError,
+    InvalidModelError,
     ModelLoadError,
     PassError,
     PipelineError,
@@ -22,7 +23,7 @@ from .io import load, save
 from .model import Model
 
 __all__ = [
-    "Annotations", "BackendError", "CalibrationError", "CostReport", "DataSource", "Model",
+    "Annotations", "BackendError", "CalibrationError", "CostReport", "DataSource", "InvalidModelError", "Model",
     "ModelLoadError", "NodeCost", "PassError", "PipelineError", "PressoError", "PruneRecord",
     "QuantSpec", "SparsitySpec", "TensorInfo", "UnsupportedOpError", "check_finite",
     "compute_cost", "create_session", "dynamic_inputs", "evaluate", "fix_input_shapes",

@@ -5,6 +5,12 @@ of ``.npz``/``.npy`` files, any Python iterable of ``{input name: array}`` feeds
 returning such an iterable (called anew each time the data is read). Samples are streamed,
 never all loaded at once, so memory does not grow with the sample count. A one-shot iterator
 (a generator) can be read only once; reading it again is a :class:`CalibrationError`.
+
+Every chunk is checked as it streams, and a problem is a :class:`CalibrationError` naming the
+input, the file or item, and the sample index (counted over the whole source): a missing
+input, a rank that does not fit, a dtype of another kind than the model's (float data is cast
+to the model's float type, integer data to its integer type when the values fit), NaN/Inf
+values, inputs with different sample counts, and a source without any sample.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class DataSource:
     input_names: list[str]
     input_ranks: dict[str, int | None]
     input_shapes: dict[str, list | None] = field(default_factory=dict)
+    input_dtypes: dict[str, np.dtype | None] = field(default_factory=dict)
     _started: bool = field(default=False, init=False, repr=False)  # a one-shot iterator was read
 
     @classmethod
@@ -43,15 +50,17 @@ class DataSource:
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.exists():
-                raise CalibrationError("data path does not exist", where=str(path))
+                raise CalibrationError("data path does not exist", where=str(path), hint="check the --data path")
             if path.is_dir() and not _data_files(path):
-                raise CalibrationError("data folder holds no .npz or .npy files", where=str(path))
+                raise CalibrationError("data folder holds no .npz or .npy files", where=str(path),
+                                       hint="save samples with np.savez(file, **{input name: array})")
             if path.is_file() and path.suffix not in (".npz", ".npy"):
                 raise CalibrationError(f"unsupported data file type '{path.suffix}'", where=str(path),
                                        hint="use .npz (one array per input) or .npy")
         ranks = {t.name: (len(t.shape) if t.shape is not None else None) for t in model.graph.inputs}
         shapes = {t.name: (list(t.shape) if t.shape is not None else None) for t in model.graph.inputs}
-        return cls(source, [t.name for t in model.graph.inputs], ranks, shapes)
+        dtypes = {t.name: _numpy_dtype(t.dtype) for t in model.graph.inputs}
+        return cls(source, [t.name for t in model.graph.inputs], ranks, shapes, dtypes)
 
     def __iter__(self) -> Iterator[Feed]:
         return self.feeds()
@@ -90,20 +99,29 @@ class DataSource:
                 empty = False
                 yield feed
         if empty:
-            raise CalibrationError("the data source holds no samples",
-                                   where=str(self.source) if isinstance(self.source, (str, os.PathLike)) else None,
-                                   hint="provide at least one sample per input")
+            raise CalibrationError("the data source holds no samples" + (
+                f" in a full batch of {exact} (the model's fixed batch size)" if exact and exact > 1 else ""),
+                where=str(self.source) if isinstance(self.source, (str, os.PathLike)) else "data",
+                hint="provide at least one sample per input, along the first axis of each array")
 
     # Each chunk maps every input name to an array with a leading sample axis (batch axis).
     def _chunks(self) -> Iterator[Feed]:
+        first = 0  # index of the chunk's first sample in the whole source, for messages
+        for arrays, where, batched in self._raw_chunks():
+            chunk = self._normalize(arrays, where=where, batched=batched, first=first)
+            first += _sample_count(chunk)
+            yield chunk
+
+    def _raw_chunks(self) -> Iterator[tuple[dict[str, Any], str, bool]]:
+        """(arrays as given, where they come from, whether they are one batch) per file or item."""
         src = self.source
         if isinstance(src, (str, os.PathLike)):
             path = Path(src)
             files = _data_files(path) if path.is_dir() else [path]
             for file in files:
-                yield self._normalize(_read_file(file, self.input_names), where=str(file))
+                yield _read_file(file, self.input_names), str(file), False
         elif isinstance(src, Mapping):
-            yield self._normalize(dict(src), where="data dict")
+            yield dict(src), "data dict", False
         elif isinstance(src, Iterable) or callable(src):
             items = src() if callable(src) and not isinstance(src, Iterable) else src
             if isinstance(items, Iterator):
@@ -119,18 +137,25 @@ class DataSource:
                     raise CalibrationError(
                         f"data item {i} is a {type(item).__name__}, not a dict of input arrays",
                         hint="yield {input name: numpy array} dicts")
-                yield self._normalize(dict(item), where=f"data item {i}", batched=True)
+                yield dict(item), f"data item {i}", True
         else:
-            raise CalibrationError(f"unsupported data source of type {type(src).__name__}")
+            raise CalibrationError(f"unsupported data source of type {type(src).__name__}",
+                                   hint="pass a .npz file, a folder of .npy/.npz files, or an iterable of "
+                                        "{input name: array} dicts")
 
-    def _normalize(self, arrays: dict[str, Any], *, where: str, batched: bool = False) -> Feed:
+    def _normalize(self, arrays: dict[str, Any], *, where: str, batched: bool = False,
+                   first: int = 0) -> Feed:
         missing = [n for n in self.input_names if n not in arrays]
         if missing:
             raise CalibrationError(f"data has no array for input(s) {missing}", where=where,
                                    hint=f"the model's inputs are {self.input_names}; data holds {sorted(arrays)}")
         result = {}
         for name in self.input_names:
-            value = np.asarray(arrays[name])
+            try:
+                value = np.asarray(arrays[name])
+            except (ValueError, TypeError) as exc:  # ragged lists and the like
+                raise CalibrationError(f"input '{name}' data is not an array: {exc}", where=where,
+                                       hint="give numeric arrays of one shape per input") from exc
             rank = self.input_ranks.get(name)
             if rank is not None and not batched and value.ndim == rank + 1:
                 # leading sample axis on top of the model's own batch axis: merge them
@@ -141,12 +166,63 @@ class DataSource:
                     f"rank-{rank} input", where=where,
                     hint="store one array per input with the samples along the first axis")
             if value.ndim == 0:
-                raise CalibrationError(f"input '{name}' data is a scalar", where=where)
+                raise CalibrationError(f"input '{name}' data is a scalar", where=where,
+                                       hint="give an array with the samples along the first axis")
+            value = self._cast(name, value, where)
+            _check_finite_samples(name, value, where, first)
             result[name] = value
-        counts = {_sample_count({n: v}) for n, v in result.items()}
-        if len(counts) > 1:
-            raise CalibrationError(f"inputs have different sample counts {sorted(counts)}", where=where)
+        counts = {n: _sample_count({n: v}) for n, v in result.items()}
+        if len(set(counts.values())) > 1:
+            (a, count_a), (b, count_b) = sorted(counts.items(), key=lambda kv: kv[1])[::len(counts) - 1]
+            raise CalibrationError(f"inputs have different sample counts: input '{a}' has {count_a} sample(s) "
+                                   f"but input '{b}' has {count_b}", where=where,
+                                   hint="every input needs the same number of samples along the first axis")
         return result
+
+    def _cast(self, name: str, value: np.ndarray, where: str) -> np.ndarray:
+        """The data in the model's dtype, when that loses nothing a user would mind."""
+        want = self.input_dtypes.get(name)
+        if want is None or value.dtype == want:
+            return value
+        have = value.dtype
+        if have.kind == "f" and want.kind == "f":
+            return value.astype(want)  # numpy makes float64 by default; the model decides the precision
+        if have.kind in "iu" and want.kind in "iu":
+            info = np.iinfo(want)
+            if value.size == 0 or (value.min() >= info.min and value.max() <= info.max):
+                return value.astype(want)
+            raise CalibrationError(
+                f"input '{name}' data holds values in [{value.min()}, {value.max()}], outside the "
+                f"model's {want} range", where=where, hint=f"give {want} values")
+        if have.kind in "iub" and want.kind == "f":
+            hint = (f"convert it with .astype(np.{want}) after the model's preprocessing (e.g. scaling "
+                    "images to [0, 1] and normalizing)")
+        elif have.kind == "f" and want.kind in "iu":
+            hint = f"the model takes integers (ids, bytes, indices): give {want} arrays, not floats"
+        else:
+            hint = f"give {want} arrays"
+        raise CalibrationError(f"input '{name}' expects dtype {want} but the data is {have}", where=where, hint=hint)
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype | None:
+    try:
+        return np.dtype(dtype) if dtype is not None else None
+    except TypeError:  # an ONNX type numpy has no name for (bfloat16, float8…): leave the data as is
+        return None
+
+
+def _check_finite_samples(name: str, value: np.ndarray, where: str, first: int) -> None:
+    if value.dtype.kind not in "fc":
+        return
+    finite = np.isfinite(value)
+    if finite.all():
+        return
+    bad_samples = np.flatnonzero(~finite.reshape(len(value), -1).all(axis=1)) if value.ndim else [0]
+    count = int(finite.size - np.count_nonzero(finite))
+    raise CalibrationError(
+        f"input '{name}' holds {count} NaN/Inf value(s) in {len(bad_samples)} sample(s), first in sample "
+        f"{first + int(bad_samples[0])}", where=where,
+        hint="clean the data: NaN/Inf would poison scales and statistics")
 
 
 def _data_files(folder: Path) -> list[Path]:
@@ -165,7 +241,8 @@ def _read_file(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
     except CalibrationError:
         raise
     except Exception as exc:
-        raise CalibrationError(f"cannot read data file: {exc}", where=str(path)) from exc
+        raise CalibrationError(f"cannot read data file: {' '.join(str(exc).split())}", where=str(path),
+                               hint="data files must be .npz/.npy written by numpy, without pickled objects") from exc
 
 
 def _sample_count(chunk: Mapping[str, np.ndarray]) -> int:

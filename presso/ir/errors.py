@@ -47,5 +47,9 @@ class CalibrationError(PressoError):
     """Calibration or evaluation data that is missing, empty, malformed or non-finite."""
 
 
+class InvalidModelError(PressoError):
+    """A model that Presso was about to write fails ``onnx.checker`` or its engine's load."""
+
+
 class BackendError(PressoError):
     """A backend that cannot lower, compile or run a model for a target."""

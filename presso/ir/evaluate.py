@@ -6,9 +6,13 @@ the model per set of requested outputs and dropped when the graph changes.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,65 @@ import onnxruntime as ort
 
 from .errors import CalibrationError, PressoError
 from .model import Model
+
+# onnxruntime writes its own log lines (C++) straight to stderr; `ort_logs` routes them here,
+# so that they obey the level the user chose (`presso -v/-q`, or logging's configuration).
+ORT_LOGGER = logging.getLogger("presso.onnxruntime")
+_ORT_LINE = re.compile(r"\[([VIWEF]):onnxruntime:[^,\]]*,\s*([^\]]*)\]\s*(.*)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # onnxruntime colours its lines on a terminal
+_ORT_LEVELS = {"V": logging.DEBUG, "I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR,
+               "F": logging.CRITICAL}
+
+
+def ort_severity() -> int:
+    """onnxruntime's log severity (0 verbose … 4 fatal) for the level of ``presso.onnxruntime``."""
+    level = ORT_LOGGER.getEffectiveLevel()
+    for severity, limit in enumerate((logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)):
+        if level <= limit:
+            return severity
+    return 4
+
+
+@contextlib.contextmanager
+def ort_logs() -> Iterator[None]:
+    """Route what onnxruntime writes to stderr inside the block to the ``presso.onnxruntime``
+    logger, one record per line at the line's own level ([W:onnxruntime…] is a warning).
+
+    Captures file descriptor 2 (C++ writes bypass ``sys.stderr``), so use it around session
+    creation and folding, not around code that draws progress bars.
+    """
+    ort.set_default_logger_severity(ort_severity())  # sessions without their own severity
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr (e.g. a closed or replaced stream)
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+        _emit(text)
+
+
+def _emit(text: str) -> None:
+    for line in _ANSI.sub("", text).splitlines():
+        if not line.strip():
+            continue
+        match = _ORT_LINE.search(line)
+        if match:
+            level, where, message = match.groups()
+            ORT_LOGGER.log(_ORT_LEVELS[level], "%s (%s)", message.strip(), where.strip())
+        else:
+            ORT_LOGGER.warning("%s", line.rstrip())
+
 
 _OPT_LEVELS = {
     "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -47,7 +110,7 @@ def create_session(
         keep_alive = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in initializers.values()]
         options.add_external_initializers(list(initializers), keep_alive)
     options.graph_optimization_level = _OPT_LEVELS[optimization]
-    options.log_severity_level = 3
+    options.log_severity_level = ort_severity()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -55,17 +118,8 @@ def create_session(
         options.optimized_model_filepath = str(optimized_model_path)
     providers = list(providers or ["CPUExecutionProvider"])
     try:
-        if isinstance(proto_or_path, onnx.ModelProto):
-            if proto_or_path.ByteSize() > 2**31 - 1 - 2**20:
-                with tempfile.TemporaryDirectory(prefix="presso-eval-") as folder:
-                    path = Path(folder) / "model.onnx"
-                    onnx.save_model(proto_or_path, str(path), save_as_external_data=True,
-                                    location="model.onnx.data")
-                    session = ort.InferenceSession(str(path), options, providers=providers)
-            else:
-                session = ort.InferenceSession(proto_or_path.SerializeToString(), options, providers=providers)
-        else:
-            session = ort.InferenceSession(str(proto_or_path), options, providers=providers)
+        with ort_logs():
+            session = _new_session(proto_or_path, options, providers)
         session._presso_initializers = keep_alive  # the session reads these arrays in place
         return session
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph…)
@@ -73,6 +127,17 @@ def create_session(
             f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}",
             hint="run `presso inspect` on it, or check that the op/opset is supported by onnxruntime",
         ) from exc
+
+
+def _new_session(proto_or_path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    if not isinstance(proto_or_path, onnx.ModelProto):
+        return ort.InferenceSession(str(proto_or_path), options, providers=providers)
+    if proto_or_path.ByteSize() > 2**31 - 1 - 2**20:
+        with tempfile.TemporaryDirectory(prefix="presso-eval-") as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save_model(proto_or_path, str(path), save_as_external_data=True, location="model.onnx.data")
+            return ort.InferenceSession(str(path), options, providers=providers)
+    return ort.InferenceSession(proto_or_path.SerializeToString(), options, providers=providers)
 
 
 def _session(model: Model, outputs: tuple[str, ...], providers: tuple[str, ...], optimization: str,
@@ -90,6 +155,18 @@ def _session(model: Model, outputs: tuple[str, ...], providers: tuple[str, ...],
                               threads=threads)
 
     return model.analysis(key, build)
+
+
+def _run(session: ort.InferenceSession, names: list[str], feeds: Mapping[str, np.ndarray]) -> list:
+    """``session.run``; its log lines (warnings about declared shapes and the like) only with
+    ``-v`` (info or debug), routed like the others; warnings there are Presso's business."""
+    severity = ort_severity()
+    if severity >= 2:
+        options = ort.RunOptions()
+        options.log_severity_level = 3
+        return session.run(names, feeds, options)
+    with ort_logs():
+        return session.run(names, feeds)
 
 
 def check_feeds(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -164,7 +241,7 @@ def evaluate(
     if computed:
         session = _session(model, computed, tuple(providers or ("CPUExecutionProvider",)), optimization, threads)
         try:
-            values = session.run(list(computed), feeds)
+            values = _run(session, list(computed), feeds)
         except Exception as exc:
             raise PressoError(
                 f"onnxruntime failed to run the model: {str(exc).strip().splitlines()[0]}",

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import tempfile
 from pathlib import Path
 
 import onnx
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from .errors import ModelLoadError, PressoError, UnsupportedOpError
+from .errors import ModelLoadError, PressoError
+from .formats import identify_foreign_format
 from .model import Model
+from .proto_checks import check_proto
+from .validate import validate_written_model
 
 # A single protobuf cannot exceed 2 GiB; beyond this the weights go to an external file.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -21,8 +25,11 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, check: bool = True) -> 
     """Load and validate a model from a file path or an in-memory ``onnx.ModelProto``.
 
     Raises :class:`ModelLoadError` naming the problem: missing or unreadable file, empty or
-    oversized file, bytes that are not an ONNX protobuf, a graph that fails ``onnx.checker``,
-    an unknown opset, or external data that points outside the model's folder.
+    oversized file, bytes that are not an ONNX protobuf (saying what they are when they are a
+    TFLite, PyTorch, ORT-format… file), external data that is missing, short or outside the
+    model's folder, and the structural problems of :mod:`presso.ir.proto_checks` (cycles,
+    duplicate or undefined tensors, bad dims, NaN weights, unknown ops; these run even with
+    ``check=False``, which skips only ``onnx.checker``). Never modifies the file.
     """
     if isinstance(source, onnx.ModelProto):
         proto, path = source, None
@@ -39,7 +46,23 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, check: bool = True) -> 
     _check_structure(proto, path)
     if check:
         _check_with_onnx(proto, path)
-    return Model.from_proto(proto, source_path=str(path) if path else None)
+    try:
+        return Model.from_proto(proto, source_path=str(path) if path else None)
+    except PressoError:
+        raise
+    except Exception as exc:  # graphsurgeon's import fails with bare KeyErrors/AttributeErrors
+        raise ModelLoadError(
+            f"the graph cannot be imported: {type(exc).__name__}: {_one_line(str(exc))}",
+            where=str(path) if path else "in-memory model",
+            hint="the model passed the structural checks but is malformed; re-export it, and "
+                 "report it to Presso if it runs in onnxruntime",
+        ) from exc
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """An exception text as one line: the CLI prints every error on exactly one line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
@@ -47,12 +70,14 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     if not path.exists():
         raise ModelLoadError("model file does not exist", where=where, hint="check the path")
     if not path.is_file():
-        raise ModelLoadError("model path is not a regular file", where=where)
+        raise ModelLoadError("model path is not a regular file", where=where,
+                             hint="give the path of the .onnx file itself")
     if not os.access(path, os.R_OK):
         raise ModelLoadError("model file is not readable", where=where, hint="check its permissions")
     size = path.stat().st_size
     if size == 0:
-        raise ModelLoadError("model file is empty", where=where)
+        raise ModelLoadError("model file is empty", where=where,
+                             hint="an interrupted download or copy leaves empty files; fetch or export it again")
     if size > PROTOBUF_LIMIT:
         raise ModelLoadError(
             f"model file is {size / 2**30:.1f} GiB, over the 2 GiB protobuf limit",
@@ -62,24 +87,41 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError or ValueError here
+        _raise_if_foreign(path)
         raise ModelLoadError(
-            f"file is not an ONNX model: the protobuf does not parse ({type(exc).__name__}: {exc})",
+            f"file is not an ONNX model: the protobuf does not parse ({type(exc).__name__}: {_one_line(str(exc))})",
             where=where,
             hint="the file may be truncated or not an .onnx file; re-export or re-download it",
         ) from exc
     if not proto.HasField("graph") or proto.ir_version <= 0:
+        _raise_if_foreign(path)
+        tensorflow = path.suffix == ".pb"
         raise ModelLoadError(
-            "file is not an ONNX model: it parses as protobuf but has no graph or IR version",
+            "file is not an ONNX model: it parses as protobuf but has no graph or IR version"
+            + (" (a .pb file is usually a TensorFlow SavedModel or frozen graph)" if tensorflow else ""),
             where=where,
-            hint="the file may be truncated or not an .onnx file",
+            hint="convert it with tf2onnx (python -m tf2onnx.convert --saved-model DIR or --graphdef FILE)"
+            if tensorflow else "the file may be truncated or not an .onnx file; re-export or re-download it",
         )
     _check_external_data(proto, path)
     if any(uses_external_data(t) for t in _all_tensors(proto)):
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
-            raise ModelLoadError(f"external data could not be read: {exc}", where=where) from exc
+            raise ModelLoadError(f"external data could not be read: {_one_line(str(exc))}", where=where,
+                                 hint="check that the data files beside the model are complete") from exc
     return proto
+
+
+def _raise_if_foreign(path: Path) -> None:
+    """Name the format of a file that did not parse as ONNX when it is a known other one.
+
+    Checked only after parsing fails, so a valid ONNX file is never misjudged by its bytes.
+    """
+    foreign = identify_foreign_format(path)
+    if foreign is not None:
+        raise ModelLoadError(f"file is not an ONNX model: this is {foreign.what}", where=str(path),
+                             hint=foreign.hint)
 
 
 def _all_tensors(proto: onnx.ModelProto):
@@ -113,42 +155,36 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                 hint="copy the data file into the model's folder",
             )
         if not target.is_file():
-            raise ModelLoadError(f"external data file '{location}' is missing", where=where)
-        end = (info.offset or 0) + (info.length or 0)
+            raise ModelLoadError(f"external data file '{location}' is missing", where=where,
+                                 hint="copy the data file next to the model (it must keep its name)")
+        needed = info.length or _tensor_bytes(tensor) or 0
+        end = (info.offset or 0) + needed
         if end > target.stat().st_size:
             raise ModelLoadError(
                 f"external data file '{location}' is shorter than the tensor needs "
                 f"({target.stat().st_size} < {end} bytes): truncated",
                 where=where,
+                hint="the data file is incomplete; copy or download it again",
             )
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's data takes, from its dims and dtype; None for strings and sub-byte types."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) or itemsize == 0:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= max(int(dim), 0)
+    return count * itemsize
 
 
 def _check_structure(proto: onnx.ModelProto, path: Path | None) -> None:
-    where = str(path) if path else "in-memory model"
-    known = onnx.defs.onnx_opset_version()
-    for opset in proto.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version > known:
-            raise ModelLoadError(
-                f"model uses ONNX opset {opset.version}, newer than this onnx package knows ({known})",
-                where=where,
-                hint="upgrade the onnx package or export the model with an older opset",
-            )
-    domains = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
-    if "" not in domains:
-        domains[""] = 1
-    for node in proto.graph.node:
-        domain = "" if node.domain == "ai.onnx" else node.domain
-        if domain not in ("", "ai.onnx.ml") or domain not in domains:
-            continue
-        try:
-            onnx.defs.get_schema(node.op_type, domains[domain], domain)
-        except onnx.defs.SchemaError:
-            raise UnsupportedOpError(
-                f"unknown operator '{node.op_type}' in domain '{domain or 'ai.onnx'}' "
-                f"at opset {domains[domain]}",
-                where=f"node '{node.name}' in {where}",
-                hint="the op does not exist in that opset: fix the exporter or the opset version",
-            ) from None
+    """Versions, names, order, dims, weights and ops (see :mod:`presso.ir.proto_checks`)."""
+    check_proto(proto, str(path) if path else "in-memory model")
 
 
 def _check_with_onnx(proto: onnx.ModelProto, path: Path | None) -> None:
@@ -160,54 +196,109 @@ def _check_with_onnx(proto: onnx.ModelProto, path: Path | None) -> None:
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
+    except Exception as exc:  # ValidationError, and C++ errors surfacing as other types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise ModelLoadError(
-            f"model fails onnx.checker: {first_line}",
+            f"model fails onnx.checker: {_one_line(first_line)}",
             where=where,
             hint="the exporter wrote an invalid model; fix or re-export it",
         ) from exc
 
 
+def check_output_path(path: str | os.PathLike, *, source: str | os.PathLike | None = None,
+                      overwrite_source: bool = False) -> Path:
+    """Raise :class:`PressoError` when a model cannot or must not be written to ``path``.
+
+    Checks, before any work: the path names a file (not a folder, not a device), its folder
+    exists (model files never create folders silently) and really accepts a new file (a probe
+    file is created and removed: permission bits say nothing to root, read-only mounts only
+    fail on write), and it is not ``source`` (the input) unless ``overwrite_source``.
+    Returns the path. Changes nothing on disk.
+    """
+    path = Path(path)
+    where = str(path)
+    if path.name in ("", ".", ".."):
+        raise PressoError("the output path names no file", where=where, hint="give a file name, e.g. out.onnx")
+    if path.is_dir():
+        raise PressoError("the output path is a folder, not a file", where=where,
+                          hint=f"give a file name inside it, e.g. {path / 'model.onnx'}")
+    if path.exists() and not path.is_file():
+        raise PressoError("the output path exists and is not a regular file", where=where,
+                          hint="write to a regular .onnx file")
+    folder = path.parent
+    if not folder.is_dir():
+        blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise PressoError(f"'{blocker}' is a file, so the output folder '{folder}' cannot exist", where=where,
+                              hint="choose an output path inside a real folder")
+        raise PressoError(f"the output folder '{folder}' does not exist", where=where,
+                          hint=f"create it first (mkdir -p {folder}) or choose another path")
+    if source is not None and not overwrite_source and path.exists() and _same_file(path, Path(source)):
+        raise PressoError("refusing to overwrite the model's own source file", where=where,
+                          hint="write to a new path (or pass overwrite_source=True)")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise PressoError(f"cannot write in the output folder '{folder}': {exc.strerror or exc}", where=where,
+                          hint="choose a writable folder or fix its permissions") from exc
+    os.close(handle)
+    os.unlink(probe)
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # sees through symbolic and hard links
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _check_output_path(path: str | os.PathLike, model: Model, overwrite_source: bool) -> None:
+    """What :func:`save` checks before it converts or writes anything."""
+    check_output_path(path, source=model.source_path, overwrite_source=overwrite_source)
+
+
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
-         overwrite_source: bool = False) -> Path:
-    """Write ``model`` to ``path`` atomically (temporary file, then rename).
+         overwrite_source: bool = False, engine: str | None = "onnxruntime") -> Path:
+    """Write ``model`` to ``path`` atomically, after checking that it is a model to hand out.
+
+    The model is written to a temporary file beside ``path``, checked there by
+    :func:`presso.ir.validate.validate_written_model` (``onnx.checker`` with full checking, and
+    a load in ``engine``; ``engine=None`` skips the load for models meant for another engine),
+    and only then renamed into place. A model that fails raises
+    :class:`~presso.ir.errors.InvalidModelError` and nothing is written; an old file at
+    ``path`` stays as it was, even when the process is killed mid-write.
 
     Models larger than about 1.8 GB are saved with external data in ``<name>.data`` beside the
     file (``external_data=True`` forces it). Refuses to overwrite the file the model was
     loaded from unless ``overwrite_source`` is set, so an input is never lost by mistake.
     """
+    _check_output_path(path, model, overwrite_source)
     path = Path(path)
-    if (
-        not overwrite_source
-        and model.source_path
-        and path.exists()
-        and path.resolve() == Path(model.source_path).resolve()
-    ):
-        raise PressoError(
-            "refusing to overwrite the model's own source file",
-            where=str(path),
-            hint="write to a new path (or pass overwrite_source=True)",
-        )
     proto = model.to_proto()
     if external_data is None:
         external_data = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    path.parent.mkdir(parents=True, exist_ok=True)
+    history = [str(step.get("pass")) for step in model.annotations.history]
+
+    def check(written: Path) -> None:
+        validate_written_model(written, engine=engine, history=history, destination=str(path))
+
     if external_data:
-        data_name = path.name + ".data"
-        _atomic_write_external(proto, path, data_name)
+        _atomic_write_external(proto, path, path.name + ".data", check)
     else:
-        _atomic_write_bytes(path, proto.SerializeToString())
+        _atomic_write_bytes(path, proto.SerializeToString(), check)
     return path
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+def _atomic_write_bytes(path: Path, payload: bytes, check: Callable[[Path], None] | None = None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -215,7 +306,8 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def _atomic_write_external(proto: onnx.ModelProto, path: Path, data_name: str) -> None:
+def _atomic_write_external(proto: onnx.ModelProto, path: Path, data_name: str,
+                           check: Callable[[Path], None] | None = None) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         onnx.save_model(
@@ -226,6 +318,8 @@ def _atomic_write_external(proto: onnx.ModelProto, path: Path, data_name: str) -
             location=data_name,
             size_threshold=1024,
         )
+        if check is not None:
+            check(staging / path.name)
         os.replace(staging / data_name, path.parent / data_name)
         os.replace(staging / path.name, path)
     finally:

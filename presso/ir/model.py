@@ -51,6 +51,9 @@ class Model:
         self._version = 0
         self.reserved_names: set[str] = set()
         self._name_cache: set[str] | None = None  # set inside edit.batch_names blocks
+        # Types graphsurgeon cannot export (optionals, maps, nested sequences), by value name:
+        # written back into the exported proto so that such values keep their type.
+        self.special_types: dict[str, onnx.TypeProto] = {}
 
     # ---- conversion -------------------------------------------------------------------
     @classmethod
@@ -69,8 +72,10 @@ class Model:
         opsets = {o.domain: o.version for o in proto.opset_import}
         opsets = {("" if d == "ai.onnx" else d): v for d, v in opsets.items()}
         graph = gs.import_onnx(proto)
+        _restore_type_attributes(proto.graph, graph)
+        _unknown_negative_dims(graph)
         _name_unnamed_nodes(graph)
-        return cls(
+        model = cls(
             graph,
             opset_imports=opsets,
             ir_version=proto.ir_version,
@@ -79,6 +84,8 @@ class Model:
             producer=(proto.producer_name, proto.producer_version),
             source_path=source_path,
         )
+        model.special_types = _special_types(proto.graph)
+        return model
 
     def to_proto(self) -> onnx.ModelProto:
         """Export to an ``onnx.ModelProto`` with opsets, metadata and annotations."""
@@ -108,11 +115,16 @@ class Model:
                     saved.append((tensor, tensor._values))
                     omitted[tensor.name] = array
                     tensor._values = LazyValues(_stub_tensor(tensor.name, array))
+        hidden = _hide_special_types(self.graph, self.special_types)
         try:
             proto = gs.export_onnx(self.graph, do_type_check=False)
         finally:
             for tensor, values in saved:
                 tensor._values = values
+            for tensor, dtype in hidden:
+                tensor.dtype = dtype
+        if self.special_types:
+            _restore_special_types(proto.graph, self.special_types)
         del proto.opset_import[:]
         for domain, version in sorted(self._used_opsets().items()):
             proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
@@ -149,6 +161,7 @@ class Model:
             producer=self.producer,
             source_path=self.source_path,
         )
+        clone.special_types = dict(self.special_types)
         return clone
 
     def _used_opsets(self) -> dict[str, int]:
@@ -296,6 +309,85 @@ def _name_unnamed_nodes(graph: gs.Graph) -> None:
                 name, suffix = f"{base}_{suffix}", suffix + 1
             node.name = name
             taken.add(name)
+
+
+def _proto_graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _proto_graphs(sub)
+
+
+def _is_exportable_type(type_proto: onnx.TypeProto) -> bool:
+    kind = type_proto.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type", None):
+        return True
+    return kind == "sequence_type" and type_proto.sequence_type.elem_type.WhichOneof("value") == "tensor_type"
+
+
+def _unknown_negative_dims(graph: gs.Graph) -> None:
+    """Turn the -1 that some exporters write for a dynamic dim into an unknown dim.
+
+    ONNX dims are non-negative; a stale -1 contradicts the shape that inference finds once the
+    input shapes are fixed, and ``onnx.checker``'s full check rejects the model.
+    """
+    from .subgraphs import bodies
+
+    for g in [graph, *(b.graph for b in bodies(graph))]:
+        for tensor in g.tensors().values():
+            if isinstance(tensor, gs.Variable) and tensor.shape is not None and any(
+                    isinstance(d, int) and d < 0 for d in tensor.shape):
+                tensor.shape = [None if isinstance(d, int) and d < 0 else d for d in tensor.shape]
+
+
+def _restore_type_attributes(proto_graph: onnx.GraphProto, graph: gs.Graph) -> None:
+    """Put back the type attributes (``Optional``'s ``type``) that graphsurgeon skips on import."""
+    for proto_node, node in zip(proto_graph.node, graph.nodes, strict=True):
+        for attr in proto_node.attribute:
+            if attr.type == onnx.AttributeProto.TYPE_PROTO:
+                node.attrs[attr.name] = attr.tp
+            elif attr.type == onnx.AttributeProto.TYPE_PROTOS:
+                node.attrs[attr.name] = list(attr.type_protos)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _restore_type_attributes(attr.g, node.attrs[attr.name])
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub_proto, sub in zip(attr.graphs, node.attrs[attr.name], strict=True):
+                    _restore_type_attributes(sub_proto, sub)
+
+
+def _special_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    found = {}
+    for sub in _proto_graphs(graph):
+        for value in [*sub.input, *sub.output, *sub.value_info]:
+            if not _is_exportable_type(value.type):
+                found[value.name] = onnx.TypeProto()
+                found[value.name].CopyFrom(value.type)
+    return found
+
+
+def _hide_special_types(graph: gs.Graph, special: dict[str, onnx.TypeProto]) -> list[tuple[gs.Variable, Any]]:
+    """Clear the dtype of values with a special type, so graphsurgeon exports them untyped."""
+    if not special:
+        return []
+    from .subgraphs import bodies
+
+    hidden = []
+    for g in [graph, *(b.graph for b in bodies(graph))]:
+        for tensor in [*g.inputs, *g.outputs, *(t for n in g.nodes for t in n.outputs)]:
+            if isinstance(tensor, gs.Variable) and tensor.name in special and tensor.dtype is not None:
+                hidden.append((tensor, tensor.dtype))
+                tensor.dtype = None
+    return hidden
+
+
+def _restore_special_types(graph: onnx.GraphProto, special: dict[str, onnx.TypeProto]) -> None:
+    for sub in _proto_graphs(graph):
+        for value in [*sub.input, *sub.output, *sub.value_info]:
+            if value.name in special:
+                value.type.CopyFrom(special[value.name])
 
 
 def _wrap_subbyte_constants(graph: gs.Graph) -> None:

@@ -55,6 +55,7 @@ class PassContext:
     data: Any = None  # a DataSource, a path, or an iterable of feeds
     labels: Any = None  # optional labels for training passes
     target: Any = None  # a backends Target profile, when compiling for one
+    scheme: Any = None  # a QuantScheme for insert-qdq; None: the target's, else the default
     seed: int = 0
     progress: bool = True
     reference: Model | None = None  # the model as it entered the pipeline

@@ -12,6 +12,7 @@ import onnx
 
 from ..ir import DataSource, Model, evaluate, random_feeds, save
 from ..ir.errors import PassError, PressoError
+from ..ir.structure import structural_problem
 from ..ir.table import format_table
 from .base import ErrorMetrics, Pass, PassContext, PassResult
 from .pipeline import load_recipe, parse_pipeline
@@ -96,7 +97,10 @@ class PassManager:
     pass gets its error measured and recorded. ``dump_dir`` saves the IR after each pass.
     After a pass that reports a change, the manager drops cached analyses, removes nodes and
     initializers that no output needs, and sorts the nodes topologically, so passes may leave
-    dangling nodes behind and append new nodes anywhere.
+    dangling nodes behind and append new nodes anywhere. Then it checks the graph's structure
+    (:mod:`presso.ir.structure`: every input defined before use, one producer per tensor, in
+    If/Loop/Scan bodies too) and raises a :class:`PassError` naming the pass and the node when
+    the pass broke it.
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class PassManager:
             if result.changed:
                 model.invalidate()
                 model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                self._check_structure(p, model)
             model.annotations.history.append({"pass": p.name, "options": _jsonable(p.option_values())})
             record = PassRecord(p.name, p.option_values(), seconds, before, len(model.graph.nodes), result)
             if self.verify:
@@ -170,6 +175,14 @@ class PassManager:
             if self.on_pass_end:
                 self.on_pass_end(record)
         return report
+
+    @staticmethod
+    def _check_structure(p: Pass, model: Model) -> None:
+        problem = structural_problem(model.graph)
+        if problem:
+            what, where = problem
+            raise PassError(f"pass '{p.name}' broke the graph: {what}", where=where,
+                            hint="this is a bug in the pass; rerun the pipeline without it and report it with the model")
 
     @staticmethod
     def _check_needs(p: Pass, ctx: PassContext) -> None:

@@ -138,4 +138,4 @@ def check_model(model: Model) -> None:
         proto.graph.initializer.extend(kept)
         for stub in stubs:
             proto.graph.input.append(onnx.helper.make_tensor_value_info(stub.name, stub.data_type, stub.dims))
-    onnx.checker.check_model(proto)
+    onnx.checker.check_model(proto, full_check=True)

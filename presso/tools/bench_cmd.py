@@ -8,7 +8,12 @@ import sys
 
 from ..backends.benchmark import bench
 from ..ir.errors import PressoError
-from .common import add_shape_option, parse_shapes
+from .common import add_examples, add_shape_option, parse_shapes
+
+EXAMPLES = (
+    "presso bench zoo/magika.onnx --data zoo/magika-eval.npz",
+    "presso bench zoo/ppocr-cls.onnx --data zoo/cls-eval.npz --shape x=1,3,48,192 --threads 1 --runs 10",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="compare models: latency (median, p90), size, and agreement with the first model",
         description="Benchmark A.onnx B.onnx ... (or artifact folders) on the same inputs with onnxruntime. "
-                    "The first model is the baseline for ratios and output agreement. "
-                    "Example: presso bench float.onnx int8.onnx --data eval.npz",
+                    "The first model is the baseline for ratios and output agreement, e.g. "
+                    "presso bench float.onnx int8.onnx build/int8 --data eval.npz.",
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files or artifact folders; the first is the baseline")
     p.add_argument("--data", metavar="PATH", help="evaluation inputs: a .npz file or a folder of .npy/.npz files "
@@ -31,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="target profile whose onnxruntime execution providers run the models (default: CPU)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_shape_option(p)
+    add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
 
 

@@ -9,7 +9,14 @@ import sys
 from ..backends import available_targets, compile, get_target
 from ..ir.errors import PressoError
 from ..ir.table import format_table, human_bytes
-from .common import add_shape_option, load_model
+from .common import add_examples, add_shape_option, load_model
+
+EXAMPLES = (
+    "presso compile zoo/ppocr-cls.onnx --target cpu-x86 --backend onnxruntime --shape x=1,3,48,192 "
+    "--data zoo/cls-eval.npz -o build/cls",
+    "presso compile zoo/ppocr-cls.onnx --target cpu-x86 --backend tvm --shape x=1,3,48,192 -o build/cls-tvm",
+    "presso compile --list-targets",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compile",
         help="compile a model for a target into a runnable artifact folder (like LLVM's llc)",
         description="Legalize IN.onnx for a target, verify that the backend loads it, and write an artifact "
-                    "folder (model, backend-optimized model, manifest.json). Example: presso compile "
-                    "model.onnx --target cpu-x86 --backend onnxruntime -o build/",
+                    "folder (model, backend-optimized model, manifest.json).",
     )
     p.add_argument("input", nargs="?", metavar="IN.onnx")
     p.add_argument("--target", default="cpu-x86", help="target profile (default cpu-x86; see --list-targets)")
@@ -42,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--list-targets", action="store_true", help="list the target profiles")
     add_shape_option(p)
+    add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
 
 

@@ -19,6 +19,9 @@ from ..backends.benchmark import bench
 from ..ir import compute_cost, evaluate, fix_input_shapes, load, save
 from ..ir.table import format_table, human_bytes, human_count
 from . import zoo
+from .common import add_examples
+
+EXAMPLES = ("presso demo", "presso demo --method minmax --calibration-files 50 --eval-files 100 -o demo-minmax")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,11 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Quantize magika's standard_v3_3 model to int8 with calibration on real files "
                     "from this machine, then compare it with the float model.",
     )
-    p.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"],
+    p.add_argument("--method", default="percentile",
+                   choices=["auto", "minmax", "mean-minmax", "percentile", "entropy", "mse"],
                    help="calibration method (default percentile)")
     p.add_argument("--calibration-files", type=int, default=200, help="real files used for calibration")
     p.add_argument("--eval-files", type=int, default=300, help="other real files used for evaluation")
     p.add_argument("-o", "--output-dir", default="presso-demo", help="where to write the models")
+    add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
 
 

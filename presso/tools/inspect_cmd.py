@@ -15,8 +15,18 @@ from ..ir import Model
 from ..ir.analysis.size import render_size_breakdown, size_breakdown
 from ..ir.analysis.summary import summarize
 from ..ir.table import format_table, human_bytes, human_count
+from ..ir.analysis.batch import concrete_batch, shape_hint
+from ..ir.analysis.shapes import dynamic_inputs
 from ..passes.prune.dependency import prunable_report, render_prunable
-from .common import add_shape_option, load_model
+from ..passes.prune.prune_channels import PruneChannels
+from .common import add_examples, add_shape_option, load_model
+
+EXAMPLES = (
+    "presso inspect zoo/ppocr-det.onnx --shape x=1,3,320,320",
+    "presso inspect zoo/magika.onnx --prunable",
+    "presso inspect zoo/ppocr-cls.onnx --shape x=1,3,48,192 --layers --dot cls.dot",
+    "presso inspect zoo/ppocr-cls.onnx --size --json",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "points, names, nodes, value_info, metadata (adds up to the file size)")
     p.add_argument("--prunable", action="store_true",
                    help="list channel groups (what prune-channels can remove), their sizes and why "
-                        "excluded ones are (needs static shapes: --shape)")
+                        "excluded ones are, as prune-channels sees them (a dynamic batch counts as 1; other "
+                        "dynamic axes need --shape)")
     add_shape_option(p)
+    add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
 
 
@@ -48,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
     if args.size:
         # the file as stored (external data left out: it is not in the protobuf)
         summary["size_breakdown"] = size_breakdown(onnx.load(args.input, load_external_data=False))
-    if args.prunable:
-        summary["prunable"] = prunable_report(model)
+    if args.prunable:  # as prune-channels sees it: a dynamic batch counts as 1, its default norms
+        with concrete_batch(model, 1, needs="--prunable"):
+            summary["prunable"] = prunable_report(model, norms=PruneChannels.norms)
+    dynamic = dynamic_inputs(model)
+    if dynamic:
+        name, shape = next(iter(dynamic.items()))
+        summary["shape_hint"] = shape_hint(name, shape)
     if args.dot:
         write_dot(model, args.dot)
     if args.json:
@@ -94,7 +111,7 @@ def render(summary: dict[str, Any]) -> str:
     ]
     if summary["unknown_cost_nodes"]:
         lines.append(f"\nnote: {len(summary['unknown_cost_nodes'])} node(s) have unknown shapes, so their FLOPs "
-                     "are not counted; fix dynamic inputs with --shape NAME=1,3,224,224")
+                     f"are not counted; fix dynamic inputs, e.g. {summary.get('shape_hint', '--shape')}")
     lines.extend(_render_annotations(summary["annotations"]))
     if "layers" in summary:
         rows = [[r["name"], r["op"], "×".join(map(str, r["output_shape"])) if r["output_shape"] else "?",

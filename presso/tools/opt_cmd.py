@@ -8,18 +8,28 @@ import os
 import sys
 
 from ..ir import compute_cost, save
+from ..ir.analysis.batch import concrete_batch
 from ..ir.errors import PressoError
+from ..ir.io import check_output_path
 from ..ir.table import format_table, human_bytes, human_count
 from ..passes import PassContext, PassManager, available_passes
-from .common import add_shape_option, load_model
+from .common import add_examples, add_shape_option, load_model
+
+EXAMPLES = (
+    'presso opt zoo/ppocr-cls.onnx --shape x=1,3,48,192 --verify -o cls-clean.onnx '
+    '-p "constants-to-initializers,fold-constants,fold-batchnorm"',
+    'presso opt zoo/ppocr-cls.onnx --target int8-symmetric --data zoo/cls-calib.npz -o cls-int8.onnx '
+    '-p "insert-qdq,calibrate{method=minmax},fold-qdq"',
+    'presso opt zoo/magika.onnx -p "prune-channels{ratio=0.5}" -o magika-pruned.onnx',
+    "presso opt --list-passes",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "opt",
         help="run a pass pipeline on a model (like LLVM's opt)",
-        description="Run a pass pipeline on IN.onnx and write the result to OUT.onnx. "
-                    "Example: presso opt model.onnx -p \"fold-constants,fold-batchnorm\" -o out.onnx",
+        description="Run a pass pipeline on IN.onnx and write the result to OUT.onnx.",
     )
     p.add_argument("input", nargs="?", metavar="IN.onnx")
     p.add_argument("-p", "--pipeline", help='pipeline text, e.g. "fold-constants,fold-batchnorm{eps_check=true}"')
@@ -34,11 +44,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance for --verify (default 1e-4)")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance for --verify (default 1e-5)")
     p.add_argument("--dump-dir", metavar="DIR", help="save the model after every pass into DIR")
+    p.add_argument("--target", metavar="TARGET",
+                   help="target profile (see `presso compile --list-targets`) whose quantization scheme "
+                        "insert-qdq uses, as presso.quantize(target=...) does; insert-qdq options override it")
     p.add_argument("--seed", type=int, default=0, help="random seed for passes and verification inputs")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--list-passes", action="store_true", help="list the available passes and their options")
     add_shape_option(p)
+    add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
 
 
@@ -51,13 +65,21 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.pipeline) == bool(args.recipe):
         raise PressoError("give exactly one of -p/--pipeline and --recipe",
                           hint="see `presso opt --list-passes` for the passes")
+    if args.output:  # before any work: a missing folder or -o equal to the input fails now, not after the pipeline
+        check_output_path(args.output, source=args.input)
+    target = None
+    if args.target:
+        from ..backends.target import get_target
+
+        target = get_target(args.target)  # fail on a typo before loading the model
     options = dict(verify=args.verify, rtol=args.rtol, atol=args.atol, dump_dir=args.dump_dir)
     # Parse the pipeline before loading the model, so a typo fails fast.
     manager = (PassManager.parse(args.pipeline, **options) if args.pipeline
                else PassManager.from_recipe(args.recipe, **options))
     model = load_model(args.input, args.shape)
     before = _summary(model)
-    ctx = PassContext(seed=args.seed, progress=not args.no_progress and not args.json, labels=args.labels)
+    ctx = PassContext(seed=args.seed, progress=not args.no_progress and not args.json, labels=args.labels,
+                      target=target)
     report = manager.run(model, data=args.data, ctx=ctx)
     after = _summary(model)
     if args.output:
@@ -79,9 +101,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(model) -> dict:
-    cost = compute_cost(model)
+    cost = _cost(model)
     return {"nodes": len(model.graph.nodes), "params": cost.params, "flops": cost.flops,
             "size_bytes": model.to_proto().ByteSize(), "opset": model.opset}
+
+
+def _cost(model):
+    """FLOPs and parameters; a dynamic batch counts as 1 (the model keeps it dynamic)."""
+    try:
+        with concrete_batch(model, 1):
+            return compute_cost(model)
+    except PressoError:  # another axis is dynamic: count what has a static shape
+        return compute_cost(model)
 
 
 def _before_after_table(before: dict, after: dict) -> str:

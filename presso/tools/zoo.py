@@ -55,6 +55,29 @@ def light_model(name: str) -> Path:
     return _package_dir("onnx", "") / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
 
 
+def silero_vad_model() -> Path:
+    """Silero VAD (from ``silero-vad``): 25 nested If nodes and LSTMs, a real control-flow model."""
+    return _package_dir("silero_vad", "train") / "data" / "silero_vad.onnx"
+
+
+def audio_chunks(count: int, *, samples: int = 512) -> np.ndarray:
+    """``count`` consecutive float32 chunks of a real recording (the plucked string that
+    CPython's own tests ship), scaled to [-1, 1]: inputs for the voice-activity model."""
+    import sysconfig
+    import wave
+
+    path = Path(sysconfig.get_paths()["stdlib"]) / "test" / "audiodata" / "pluck-pcm16.wav"
+    if not path.is_file():
+        raise PressoError("the recording that CPython's tests ship is missing", where=str(path),
+                          hint="install a Python build that includes its test package")
+    with wave.open(str(path)) as audio:
+        frames = np.frombuffer(audio.readframes(audio.getnframes()), dtype="<i2")
+        frames = frames.reshape(-1, audio.getnchannels())[:, 0].astype(np.float32) / 32768.0
+    needed = count * samples
+    frames = np.resize(frames, needed) if frames.size < needed else frames[:needed]
+    return frames.reshape(count, samples)
+
+
 # ---- magika features of real files ----------------------------------------------------------
 _BEG, _END, _BLOCK, _PAD = 1024, 1024, 4096, 256
 

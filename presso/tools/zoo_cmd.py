@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import zoo
+from .common import add_examples
+
+EXAMPLES = ("presso zoo --out zoo", "presso zoo --out zoo --samples 64")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="zoo", help="folder to write (default ./zoo)")
     p.add_argument("--samples", type=int, default=32, help="calibration samples per model (default 32)")
+    add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
 
 

@@ -83,3 +83,40 @@ def test_list_passes(capsys):
     out = capsys.readouterr().out
     for name in ("fold-constants", "fold-batchnorm", "eliminate-dead-code", "upgrade-opset", "infer-shapes"):
         assert name in out
+
+
+def _activation_zero_point_types(path):
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return {inits[n.input[2]].data_type for n in model.graph.node  # activations: Q of a computed tensor
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits and n.input[0] not in inits}
+
+
+def test_opt_target_gives_insert_qdq_the_targets_scheme(tiny_model_path, tmp_path):
+    """`--target int8-symmetric` quantizes activations to int8, as presso.quantize(target=...)
+    does; without it insert-qdq's default scheme (u8s8) gives uint8; explicit options win."""
+    from onnx import TensorProto
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((8, 1, 3, 8, 8)).astype(np.float32))
+    pipeline = "insert-qdq,calibrate{method=minmax}"
+    runs = {"target": ["--target", "int8-symmetric"], "default": [],
+            "override": ["--target", "int8-symmetric", "-p", "insert-qdq{activations=uint8},calibrate{method=minmax}"]}
+    types = {}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.onnx"
+        argv = ["opt", str(tiny_model_path), "--data", str(data), "-o", str(out), "--no-progress", *extra]
+        if "-p" not in extra:
+            argv += ["-p", pipeline]
+        assert main(argv) == 0
+        types[name] = _activation_zero_point_types(out)
+    assert types["target"] == {TensorProto.INT8}
+    assert types["default"] == {TensorProto.UINT8}
+    assert types["override"] == {TensorProto.UINT8}
+
+
+def test_opt_target_typo_fails_before_loading(tmp_path, capsys):
+    assert main(["opt", str(tmp_path / "missing.onnx"), "--target", "cpu-x68", "-p", "insert-qdq"]) != 0
+    assert "cpu-x68" in capsys.readouterr().err

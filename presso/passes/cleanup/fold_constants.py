@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from ...ir import Model
 from ...ir.analysis.shapes import apply_inferred_shapes
+from ...ir.edit import unique_name
+from ...ir.evaluate import ort_logs
+from ...ir.subgraphs import bodies
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
 
 # Folding these would undo quantization: the integer weight would become a float constant.
 _NEVER_FOLD = {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"}
+# Their outputs are sequences or optionals, which cannot be stored as a constant tensor.
+_NON_TENSOR_OPS = {
+    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SplitToSequence",
+    "SequenceMap", "Optional", "OptionalGetElement", "OptionalHasElement",
+}
+# graphsurgeon's own size limit would be "none"; it then measures every folded value with
+# `.nbytes`, which a folded sequence (a Python list) does not have.
+_NO_LIMIT = 2**62
 
 
 @register_pass("fold-constants")
@@ -21,7 +34,13 @@ class FoldConstants(Pass):
     shapes are static (``fold_shapes=true``, after shape inference), ``Shape``-derived
     subgraphs such as the targets of Reshape. Q/DQ nodes are never folded, so quantized
     weights stay integers. ``max_size_mb`` skips results larger than that (e.g. an Expand that
-    would store a huge tensor). Preserves semantics.
+    would store a huge tensor).
+
+    Bodies of If/Loop/Scan are folded too, constants of the outer graph included, but without
+    shape folding (a loop-carried tensor may change shape from one iteration to the next) and
+    without inlining the branch of an If whose condition is constant (graphsurgeon's inlining
+    loses tensors that later branch nodes read). Nodes that make sequences or optionals stay.
+    Preserves semantics.
     """
 
     preserves_semantics = True
@@ -29,22 +48,91 @@ class FoldConstants(Pass):
     max_size_mb: float | None = None
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        before_nodes = len(model.graph.nodes)
+        before_nodes = _count_nodes(model.graph)
         if self.fold_shapes:
             apply_inferred_shapes(model)
-        threshold = int(self.max_size_mb * 2**20) if self.max_size_mb else None
+            ranged = _split_ranged_shapes(model)
+        limit = int(self.max_size_mb * 2**20) if self.max_size_mb else _NO_LIMIT
         severity = G_LOGGER.severity
-        G_LOGGER.severity = G_LOGGER.ERROR  # its "large outputs" advice is noise here: weights are large
+        G_LOGGER.severity = G_LOGGER.CRITICAL  # its advice ("large outputs", failed folds) is noise here
         try:
-            model.graph.fold_constants(
-                fold_shapes=self.fold_shapes,
-                error_ok=True,
-                size_threshold=threshold,
-                should_exclude_node=lambda node: node.op in _NEVER_FOLD,
-            )
+            with ort_logs():  # onnxruntime's own warnings go through Presso's logging (-v/-q)
+                self._fold(model.graph, fold_shapes=self.fold_shapes, limit=limit)
+                for body in list(bodies(model.graph)):
+                    self._fold(body.graph, fold_shapes=False, limit=limit)
         finally:
             G_LOGGER.severity = severity
         model.graph.cleanup(remove_unused_graph_inputs=False)
+        if self.fold_shapes:
+            _merge_ranged_shapes(model, ranged)
         model.invalidate()
-        folded = before_nodes - len(model.graph.nodes)
+        folded = before_nodes - _count_nodes(model.graph)
         return PassResult(changed=folded > 0, stats={"nodes_folded": folded})
+
+    @staticmethod
+    def _fold(graph: gs.Graph, *, fold_shapes: bool, limit: int) -> None:
+        graph.fold_constants(
+            fold_shapes=fold_shapes,
+            recurse_subgraphs=False,
+            flatten_subgraphs=False,
+            error_ok=True,
+            size_threshold=limit,
+            should_exclude_node=_excluded,
+            recurse_functions=False,
+        )
+
+
+def _excluded(node: gs.Node) -> bool:
+    if node.op in _NEVER_FOLD or node.op in _NON_TENSOR_OPS:
+        return True
+    return any(getattr(t, "type", "tensor_type") not in (None, "tensor_type") for t in node.outputs)
+
+
+def _count_nodes(graph: gs.Graph) -> int:
+    return len(graph.nodes) + sum(len(body.graph.nodes) for body in bodies(graph))
+
+
+# graphsurgeon folds Shape, Shape→Gather and Shape→Slice from static dims but ignores the
+# `start`/`end` attributes of Shape (opset 15+), folding the whole shape instead of the slice.
+# A ranged Shape becomes Shape + Slice for the folder, and is merged back when it stays.
+def _split_ranged_shapes(model: Model) -> set[str]:
+    """Rewrite each ``Shape(start, end)`` as ``Shape`` + ``Slice``; the names of the Slices."""
+    slices = set()
+    for node in list(model.graph.nodes):
+        if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)):
+            continue
+        start = int(node.attrs.pop("start", 0))
+        end = node.attrs.pop("end", None)
+        sliced = node.outputs[0]
+        full = gs.Variable(unique_name(model, f"{sliced.name}__full"), dtype=np.int64, shape=None)
+        node.outputs.clear()
+        node.outputs.append(full)
+        bounds = [gs.Constant(f"{sliced.name}__{key}", np.array([value], dtype=np.int64))
+                  for key, value in (("starts", start), ("ends", np.iinfo(np.int64).max if end is None else int(end)))]
+        model.graph.nodes.append(gs.Node("Slice", name=f"{node.name}__slice", inputs=[full, *bounds],
+                                         outputs=[sliced]))
+        slices.add(f"{node.name}__slice")
+    if slices:
+        model.graph.toposort()
+    return slices
+
+
+def _merge_ranged_shapes(model: Model, slices: set[str]) -> None:
+    """Undo :func:`_split_ranged_shapes` for the pairs that folding left in place."""
+    for node in list(model.graph.nodes):
+        if node.op != "Slice" or node.name not in slices:
+            continue
+        full = node.inputs[0]
+        shape = full.inputs[0] if full.inputs else None
+        if shape is None or shape.op != "Shape" or len(full.outputs) != 1:
+            continue
+        start, end = (int(t.values[0]) for t in node.inputs[1:3])
+        shape.attrs["start"] = start
+        if end != np.iinfo(np.int64).max:
+            shape.attrs["end"] = end
+        sliced = node.outputs[0]
+        node.inputs.clear()
+        node.outputs.clear()
+        shape.outputs.clear()
+        shape.outputs.append(sliced)
+    model.graph.cleanup(remove_unused_graph_inputs=False)

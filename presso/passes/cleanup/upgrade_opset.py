@@ -6,6 +6,7 @@ import onnx
 
 from ...ir import Model
 from ...ir.errors import PassError
+from ...ir.subgraphs import bodies
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
 
@@ -15,7 +16,9 @@ class UpgradeOpset(Pass):
     """Convert the default-domain opset to ``version`` (never downgrades).
 
     Quantization needs ≥ 13 (per-channel QuantizeLinear/DequantizeLinear take ``axis`` from
-    13 on); int4/int16 Q/DQ need 21. Annotations and metadata are kept. Preserves semantics.
+    13 on); int4/int16 Q/DQ need 21. Annotations and metadata are kept. Bodies of If/Loop/Scan
+    are converted with their node. Refuses models below opset 9 that hold a Scan, which the
+    converter gets wrong. Preserves semantics.
     """
 
     preserves_semantics = True
@@ -28,6 +31,18 @@ class UpgradeOpset(Pass):
         newest = onnx.defs.onnx_opset_version()
         if self.version > newest:
             raise PassError(f"cannot upgrade to opset {self.version}: this onnx package knows up to {newest}")
+        if current < 9:
+            scans = [n.name for g in [model.graph, *(b.graph for b in bodies(model.graph))]
+                     for n in g.nodes if n.op == "Scan"]
+            if scans:
+                # Scan-8 carries a batch axis that Scan-9 dropped; the converter keeps the
+                # old input layout under the new semantics (outputs change silently).
+                raise PassError(
+                    f"cannot upgrade opset {current} → {self.version}: onnx.version_converter does not "
+                    "convert Scan-8 (batch axis) to Scan-9 correctly",
+                    where=f"Scan node '{scans[0]}'",
+                    hint="re-export the model at opset 9 or newer, or leave the opset as it is",
+                )
         try:
             converted = onnx.version_converter.convert_version(model.to_proto(), self.version)
         except Exception as exc:
@@ -39,4 +54,5 @@ class UpgradeOpset(Pass):
         model.graph = replacement.graph
         model.opset_imports = replacement.opset_imports
         model.ir_version = replacement.ir_version
+        model.special_types = replacement.special_types
         return PassResult(changed=True, stats={"opset_before": current, "opset": self.version})

@@ -25,8 +25,22 @@ that belongs to it); producers whose ids meet form a *group*. Where the rules ca
 removal safe (a reduction or normalization across channels, an op without a rule, a graph
 input or output, a dynamic shape), the ids are *pinned* with the reason.
 
-Needs: static shapes for every tensor a channel passes through (fix dynamic inputs first).
-Computed on demand and cached on the model (``model.analysis("channel-groups")``).
+With ``norms=True`` a normalization across the channels does not pin them, as in
+Torch-Pruning: a LayerNormalization over the channel axis loses the removed channels' entries
+of its scale and bias, and its written-out form (ReduceMean, or ReduceSum/ReduceSumSquare/
+ReduceL2 over the channel axis only, followed by the normalization arithmetic) then computes its
+statistics over the kept channels; a ReduceSum scaled by a constant 1/C (or divided by C)
+gets 1/C' (C'). Removal is then lossy beyond the removed channels (the statistics change), so
+fine-tune or distill afterwards.
+
+A Reshape or Expand whose target is computed (``Concat(Shape(x)[:1], [C], …)``, as exporters
+write for a dynamic batch) is handled when the entry that holds the channel count is a
+constant of that Concat: the rewrite gives the node a private copy of the Concat with the new
+count, so the batch stays dynamic.
+
+Needs: static shapes for every tensor a channel passes through (fix dynamic inputs first,
+or let `prune-channels` pick a concrete batch). Computed on demand and cached on the model
+(``model.analysis("channel-groups")``, ``"channel-groups+norms"``).
 """
 
 from __future__ import annotations
@@ -58,6 +72,10 @@ _POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool
 _REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 _RESHAPE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+# Reductions that compute a normalization's statistics over the channels (norms=True).
+_NORM_REDUCE = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"}
+_SHAPE_PASS = {"Cast", "Identity"}  # ops a computed shape target passes through unchanged
+_FOLD_HINT = "fold-constants may make it constant (prune-channels runs it unless prepare=false)"
 
 
 @dataclass
@@ -183,14 +201,16 @@ class ChannelGroups:
         return render_prunable({"summary": self.summary(), "groups": self.as_dicts()}, width=width)
 
 
-def channel_groups(model: Model) -> ChannelGroups:
-    """The `channel-groups` analysis of ``model`` (cached until the graph changes)."""
-    return model.analysis("channel-groups", lambda: _Builder(model).build())
+def channel_groups(model: Model, *, norms: bool = False) -> ChannelGroups:
+    """The `channel-groups` analysis of ``model`` (cached until the graph changes).
+    ``norms``: channels normalized together (LayerNorm) are prunable (module docstring)."""
+    key = "channel-groups+norms" if norms else "channel-groups"
+    return model.analysis(key, lambda: _Builder(model, norms=norms).build())
 
 
-def prunable_report(model: Model) -> dict:
+def prunable_report(model: Model, *, norms: bool = False) -> dict:
     """What `presso inspect --prunable` shows: every group, its size and why it is excluded."""
-    analysis = channel_groups(model)
+    analysis = channel_groups(model, norms=norms)
     return {"summary": analysis.summary(), "groups": analysis.as_dicts()}
 
 
@@ -215,8 +235,9 @@ def node_label(node: gs.Node) -> str:
 class _Builder:
     """Propagates channel maps through the graph; see the module docstring."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, *, norms: bool = False):
         self.model = model
+        self.norms = norms
         self.infos = infer_tensor_infos(model)
         self.parent: list[int] = []
         self.maps: dict[str, ChannelMap] = {}
@@ -413,10 +434,43 @@ class _Builder:
                 continue
             if isinstance(t, gs.Constant):
                 self.param(node, i, a, ids, "const")
-            else:
+            elif not self.absorb(t, a - len(shape), ids):
                 self.pin(ids, f"{node.op} node '{node_label(node)}' combines them with tensor "
                               f"'{t.name}', whose channels cannot be pruned")
         self.set_map(out, axis, ids)
+
+    def absorb(self, tensor: gs.Tensor, axis: int, ids: np.ndarray) -> bool:
+        """Whether ``tensor`` (no channel map, but as many entries as ``ids`` along ``axis``,
+        counted from the end) is computed element-wise from constants and broadcast
+        statistics only, e.g. a LayerNorm's ``rsqrt(var) · γ``; if so its constants' slices
+        are recorded so that the same channels leave them. Every tensor on the way must have
+        one consumer, since it changes shape."""
+        found: list[tuple[gs.Node, int, int]] = []
+
+        def walk(t: gs.Tensor, depth: int) -> bool:
+            node = t.inputs[0] if len(t.inputs) == 1 else None
+            if (node is None or depth > 8 or len(t.outputs) != 1 or len(node.outputs) != 1
+                    or not (node.op in _UNARY or node.op in _BINARY) or node.domain not in ("", "ai.onnx", None)):
+                return False
+            for i, u in enumerate(node.inputs):
+                shape = self.shape(u)
+                if shape is None:
+                    return False
+                if len(shape) < -axis or shape[axis] == 1:
+                    continue  # broadcast along the channels (a statistic, a scalar)
+                if shape[axis] != len(ids) or self.map_of(u) is not None:
+                    return False
+                if isinstance(u, gs.Constant):
+                    found.append((node, i, len(shape) + axis))
+                elif not walk(u, depth + 1):
+                    return False
+            return True
+
+        if not walk(tensor, 0) or not found:
+            return False
+        for node, i, a in found:
+            self.param(node, i, a, ids, "const")
+        return True
 
     def conv(self, node: gs.Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
@@ -553,7 +607,18 @@ class _Builder:
         if m is None:
             return
         axis = int(node.attrs.get("axis", -1)) % len(shape) if shape else 0
-        self.pass_through(node, m, shape is None or m.axis >= axis, "normalizes across them")
+        if self.norms and shape is not None and m.axis == axis == len(shape) - 1:
+            params = [(i, t) for i, t in enumerate(node.inputs[1:3], 1) if t.name]
+            if all(isinstance(t, gs.Constant) for _, t in params):
+                for i, t in params:  # scale and bias along the normalized (channel) axis
+                    if len(t.shape) and t.shape[-1] == len(m.ids):
+                        self.param(node, i, len(t.shape) - 1, m.ids, "norm")
+                self.set_map(node.outputs[0], m.axis, m.ids)
+                return
+            self.pin(m.ids, f"LayerNormalization node '{node_label(node)}' has a computed scale or bias")
+            return
+        self.pass_through(node, m, shape is None or m.axis >= axis,
+                          "normalizes across them (prune-channels{norms=true} prunes them)")
 
     def lrn(self, node: gs.Node) -> None:
         m = self.map_of(node.inputs[0])
@@ -661,9 +726,7 @@ class _Builder:
         if in_shape is None or out_shape is None:
             self.pin(m.ids, f"{where} has unknown shapes; fix the input shapes")
             return
-        if node.op == "Reshape" and not isinstance(node.inputs[1], gs.Constant):
-            self.pin(m.ids, f"{where} has a computed target shape; run fold-constants first")
-            return
+        computed = node.op == "Reshape" and not isinstance(node.inputs[1], gs.Constant)
         size = len(m.ids)
         view = [1] * len(in_shape)
         view[m.axis] = size
@@ -680,7 +743,11 @@ class _Builder:
             if len(line) % (size * repeat) or not np.array_equal(line, expected):
                 self.pin(m.ids, f"{where} mixes them with other axes irregularly")
                 return
-            self.rewrites.append(("reshape", node, {}))
+            entry = self.computed_entry(node.inputs[1], b) if computed else None
+            if computed and entry is None:
+                self.pin(m.ids, f"{where} has a computed target shape; {_FOLD_HINT}")
+                return
+            self.rewrites.append(("reshape", node, {"entry": entry}))
             self.set_map(node.outputs[0], b, m.ids[line])
             return
         # The channel axis is split into several axes (e.g. [N, g·c, H, W] → [N, g, c, H, W]).
@@ -691,10 +758,14 @@ class _Builder:
             self.pin(m.ids, f"{where} mixes them with other axes irregularly")
             return
         primary = max(range(len(varying)), key=lambda k: (sizes[k], k))
+        entry = self.computed_entry(node.inputs[1], varying[primary]) if computed else None
+        if computed and entry is None:
+            self.pin(m.ids, f"{where} has a computed target shape; {_FOLD_HINT}")
+            return
         split = np.moveaxis(m.ids.reshape(sizes), primary, 0).reshape(sizes[primary], -1)
         for k in range(1, split.shape[1]):  # keep the split regular: the same index leaves every block
             self.unite(split[:, 0], split[:, k], f"{where} splits them into equal blocks")
-        self.rewrites.append(("reshape", node, {}))
+        self.rewrites.append(("reshape", node, {"entry": entry}))
         self.set_map(node.outputs[0], varying[primary], split[:, 0])
 
     def expand(self, node: gs.Node) -> None:
@@ -702,11 +773,21 @@ class _Builder:
         if m is None:
             return
         in_shape, out_shape = self.shape(node.inputs[0]), self.shape(node.outputs[0])
-        if in_shape is None or out_shape is None or not isinstance(node.inputs[1], gs.Constant):
+        if in_shape is None or out_shape is None:
             self.pin(m.ids, f"Expand node '{node_label(node)}' has unknown shapes")
             return
-        self.rewrites.append(("expand", node, {"rank": len(out_shape)}))
-        self.set_map(node.outputs[0], m.axis + len(out_shape) - len(in_shape), m.ids)
+        target = node.inputs[1]
+        axis = m.axis + len(out_shape) - len(in_shape)
+        entry = None
+        if not isinstance(target, gs.Constant):
+            length = (self.shape(target) or (None,))[0]
+            position = axis - (len(out_shape) - length) if length is not None else -1
+            entry = self.computed_entry(target, position) if position >= 0 else None
+            if position >= 0 and entry is None:
+                self.pin(m.ids, f"Expand node '{node_label(node)}' has a computed target shape; {_FOLD_HINT}")
+                return
+        self.rewrites.append(("expand", node, {"rank": len(out_shape), "entry": entry}))
+        self.set_map(node.outputs[0], axis, m.ids)
 
     def concat(self, node: gs.Node) -> None:
         out_shape = self.shape(node.outputs[0])
@@ -776,12 +857,41 @@ class _Builder:
             return
         shape = self.shape(node.inputs[0])
         axes = reduce_axes(node, len(shape) if shape else None)
+        if shape is not None and axes == [m.axis] and self.norms and node.op in _NORM_REDUCE:
+            self.channel_statistic(node, m)
+            return
         if shape is None or axes is None or m.axis in axes:
-            self.pin(m.ids, f"{node.op} node '{node_label(node)}' reduces across them")
+            hint = " (prune-channels{norms=true} prunes them)" if node.op in _NORM_REDUCE else ""
+            self.pin(m.ids, f"{node.op} node '{node_label(node)}' reduces across them{hint}")
             return
         keep = int(node.attrs.get("keepdims", 1))
         axis = m.axis if keep else m.axis - sum(1 for a in axes if a < m.axis)
         self.set_map(node.outputs[0], axis, m.ids)
+
+    def channel_statistic(self, node: gs.Node, m: ChannelMap) -> None:
+        """A normalization statistic over the channel axis (norms=True): computed over the kept
+        channels after removal; a sum's constant 1/C (or C it is divided by) is rescaled."""
+        if node.op == "ReduceMean":
+            return
+        count = len(m.ids)
+        for consumer in node.outputs[0].outputs:
+            if consumer.op not in ("Mul", "Div") or len(consumer.inputs) != 2:
+                continue
+            k = 1 if consumer.inputs[0] is node.outputs[0] else 0
+            if consumer.op == "Div" and k == 0:
+                continue
+            c = consumer.inputs[k]
+            if not isinstance(c, gs.Constant) or np.size(c.values) != 1:
+                continue
+            value = float(np.asarray(c.values).reshape(-1)[0])
+            wanted = 1.0 / count if consumer.op == "Mul" else float(count)
+            if np.isclose(value, wanted, rtol=1e-5):
+                self.rewrites.append(("mean-scale", consumer, {"index": k, "ids": m.ids}))
+
+    def computed_entry(self, target: gs.Tensor, position: int):
+        """Where entry ``position`` of a computed shape target is a constant of a Concat
+        (through Cast/Identity), so that the rewrite can change it (module docstring); or None."""
+        return _concat_entry(target, position, self.shape)
 
     def shape_reader(self, node: gs.Node) -> None:
         self.pin_inputs(node, f"{node.op} node '{node_label(node)}' reads their count")
@@ -829,6 +939,31 @@ def slice_spec(node: gs.Node, shape: tuple[int, ...] | None) -> dict[int, tuple[
         a = int(a) % len(shape)
         spec[a] = (*slice(int(s), int(e), int(st)).indices(shape[a])[:2], int(st))
     return spec
+
+
+def _concat_entry(target: gs.Tensor, position: int, shape_of) -> tuple[list[gs.Node], int, int] | None:
+    """Where entry ``position`` of a computed 1-D shape tensor is spelled out: ``(chain, input
+    index, offset)`` with ``chain`` the nodes from the Concat up to ``target`` (Cast/Identity
+    between), when that entry lies in a constant input of the Concat; else None."""
+    chain = []
+    t = target
+    while len(t.inputs) == 1 and t.inputs[0].op in _SHAPE_PASS:
+        chain.append(t.inputs[0])
+        t = t.inputs[0].inputs[0]
+    if len(t.inputs) != 1 or t.inputs[0].op != "Concat":
+        return None
+    concat = t.inputs[0]
+    offset = 0
+    for i, part in enumerate(concat.inputs):
+        shape = shape_of(part)
+        if shape is None or len(shape) != 1:
+            return None
+        if offset <= position < offset + shape[0]:
+            if not isinstance(part, gs.Constant):
+                return None
+            return [concat, *reversed(chain)], i, position - offset
+        offset += shape[0]
+    return None
 
 
 def _read_by_subgraphs(nodes) -> dict[str, gs.Node]:

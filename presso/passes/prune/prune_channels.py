@@ -4,25 +4,37 @@ Scores every unit of the `channel-groups` analysis with a criterion, picks the u
 globally or per group under constraints (protected layers, a minimum channel count, rounding
 the kept count to a hardware-friendly multiple), and rewrites the model so it stays valid.
 
-Needs: static input shapes and constant weights. Does not preserve semantics (removing
-channels is lossy; fine-tune afterwards); the manager measures the error.
+Needs: constant weights and static input shapes apart from the batch axis: a dynamic batch
+is fixed to 1 while the pass works and made dynamic again after, so the pruned model keeps it.
+With ``prepare=true`` (the default) the model is first made prunable, as ``insert-qdq``
+prepares for quantization: Constant nodes become initializers, constant subgraphs fold (shape
+subgraphs that need the batch stay), Identity/Dropout go. Does not preserve semantics
+(removing channels is lossy; fine-tune afterwards); the manager measures the error.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+from collections import Counter
 from typing import Literal
 
 import numpy as np
 
-from ...ir import Model, compute_cost, dynamic_inputs
+from ...ir import Model, compute_cost
+from ...ir.analysis.batch import concrete_batch
 from ...ir.errors import PassError, PipelineError
 from ..base import Pass, PassContext, PassResult
+from ..cleanup.constants_to_initializers import ConstantsToInitializers
+from ..cleanup.fold_constants import FoldConstants
+from ..cleanup.remove_identity import RemoveIdentity
 from ..registry import register_pass
 from .dependency import ChannelGroups, channel_groups
 from .importance import unit_scores
 from .rewrite import remove_channels
+
+logger = logging.getLogger(__name__)
 
 
 @register_pass("prune-channels")
@@ -49,24 +61,34 @@ class PruneChannels(Pass):
     keep: str | None = None
     flops_target: float | None = None
     samples: int = 8  # data samples for criterion=taylor
+    norms: bool = True
+    prepare: bool = True
 
     def __init__(self, **options):
         super().__init__(**options)
         self._check_options()
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        dynamic = dynamic_inputs(model)
-        if dynamic:
-            name, shape = next(iter(dynamic.items()))
-            raise PassError(f"prune-channels needs static input shapes; input '{name}' has shape {shape}",
-                            hint=f"fix it, e.g. --shape {name}=1,3,224,224 (or fix_input_shapes)")
-        analysis = channel_groups(model)
+        prepared = _prepare(model, ctx) if self.prepare else {}
+        with concrete_batch(model, 1, needs="prune-channels", error=PassError) as batch:
+            result = self._prune(model, ctx)
+        result.changed = result.changed or bool(prepared)
+        result.stats.update(prepared)
+        if batch is not None:
+            result.log.append(f"pruned with a batch of {batch}; the model's batch axis stays dynamic")
+        if not result.stats.get("removed"):
+            message = "prune-channels removed nothing: " + _why_nothing(result.stats, self._analysis)
+            logger.warning(message)
+            result.log.insert(0, message)
+        return result
+
+    def _prune(self, model: Model, ctx: PassContext) -> PassResult:
+        analysis = self._analysis = channel_groups(model, norms=self.norms)
         log = [f"group {g.index} ({', '.join(g.sources)[:60]}) excluded: {g.reason}"
                for g in analysis.groups if g.excluded]
         protected = self._protected(analysis)
         if not analysis.prunable_groups:
-            return PassResult(changed=False, stats={"groups": len(analysis.groups), "prunable_groups": 0},
-                              log=log + ["nothing to prune"])
+            return PassResult(changed=False, stats={**analysis.summary(), "removed": 0}, log=log)
         scores, notes = unit_scores(model, analysis, self.criterion, data=ctx.data, seed=ctx.seed,
                                     samples=self.samples)
         log += notes
@@ -98,6 +120,8 @@ class PruneChannels(Pass):
             "layers": {r.layer: [r.channels_before, r.channels_after] for r in records},
         }
         return PassResult(changed=True, stats=stats, log=log)
+
+    _analysis: ChannelGroups | None = None
 
     def _check_options(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -141,6 +165,32 @@ class PruneChannels(Pass):
             else:
                 low = mid
         return best, best_flops
+
+
+def _prepare(model: Model, ctx: PassContext) -> dict[str, int]:
+    """Make the model prunable with the cleanup passes (all semantics-preserving): computed
+    Reshape targets and Constant weights would otherwise pin channels."""
+    done = {}
+    for step in (ConstantsToInitializers(), FoldConstants(), RemoveIdentity()):
+        if step.run(model, ctx).changed:
+            model.invalidate()
+            model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            done[f"prepared_{step.name}"] = 1
+    return done
+
+
+def _why_nothing(stats: dict, analysis: ChannelGroups | None) -> str:
+    """The reasons, for the warning: why each group was excluded, or which limits kept the rest."""
+    if analysis is None or not analysis.groups:
+        return "the model has no prunable producers (Conv, ConvTranspose, Gemm or MatMul with constant weights)"
+    excluded = Counter(g.reason for g in analysis.groups if g.excluded)
+    parts = [f"{n} group(s) excluded because {reason}" for reason, n in excluded.most_common(3)]
+    if len(excluded) > 3:
+        parts.append(f"{sum(excluded.values()) - sum(n for _, n in excluded.most_common(3))} more excluded")
+    if analysis.prunable_groups:
+        parts.append(f"{len(analysis.prunable_groups)} prunable group(s) kept every channel under "
+                     "ratio/flops_target, min_channels, round_to and keep")
+    return "; ".join(parts) + " (see `presso inspect --prunable`)"
 
 
 def select_units(analysis: ChannelGroups, scores: dict[int, float], *, ratio: float, scope: str,

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from ...ir import Model
 from ...ir.analysis.shapes import apply_inferred_shapes, forget_intermediate_shapes
 from ...ir.annotations import PruneRecord
-from ...ir.edit import add_initializer, set_constant
+from ...ir.edit import add_initializer, set_constant, unique_name
 from ...ir.errors import PassError
 from .dependency import ChannelGroups, node_label
 
@@ -138,19 +138,22 @@ def _rewrite_group(model: Model, analysis: ChannelGroups, removed: np.ndarray, n
     node.attrs["group"] = _kept(analysis, node.inputs[0], removed)
 
 
-def _rewrite_reshape(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, **facts) -> None:
+def _rewrite_reshape(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, *,
+                     entry=None) -> None:
     if node.op != "Reshape":
         return  # Flatten, Squeeze, Unsqueeze infer their output shape
     out = node.outputs[0]
     m = analysis.maps.get(out.name)
     if m is None:
         return
-    target = np.array(node.inputs[1].values, copy=True).reshape(-1)
     new_size = int(analysis.keep_mask(m.ids, removed).sum())
-    in_map = analysis.maps.get(node.inputs[0].name)
-    old_size = len(m.ids)
-    if new_size == old_size:
+    if new_size == len(m.ids):
         return
+    if entry is not None:  # a computed target: the count is a constant of its Concat
+        _set_computed_entry(model, node, 1, entry, new_size, keep=(-1,))
+        return
+    target = np.array(node.inputs[1].values, copy=True).reshape(-1)
+    in_map = analysis.maps.get(node.inputs[0].name)
     if target[m.axis] != -1:
         target[m.axis] = new_size
     # A 0 entry copies the input dimension: right only if that dimension did not change.
@@ -161,9 +164,12 @@ def _rewrite_reshape(model: Model, analysis: ChannelGroups, removed: np.ndarray,
 
 
 def _rewrite_expand(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, *,
-                    rank: int) -> None:
+                    rank: int, entry=None) -> None:
     m = analysis.maps.get(node.outputs[0].name)
     if m is None:
+        return
+    if entry is not None:
+        _set_computed_entry(model, node, 1, entry, int(analysis.keep_mask(m.ids, removed).sum()), keep=(1,))
         return
     target = np.array(node.inputs[1].values, copy=True).reshape(-1)
     entry = m.axis - (rank - len(target))
@@ -216,7 +222,44 @@ def _rewrite_slice(model: Model, analysis: ChannelGroups, removed: np.ndarray, n
     _replace_vector(model, node, 2, ends)
 
 
+def _rewrite_mean_scale(model: Model, analysis: ChannelGroups, removed: np.ndarray, node: gs.Node, *,
+                        index: int, ids: np.ndarray) -> None:
+    """A Mul by 1/C (or Div by C) after a ReduceSum over C channels: C becomes the kept count."""
+    kept = int(analysis.keep_mask(ids, removed).sum())
+    if kept == len(ids):
+        return
+    values = np.asarray(node.inputs[index].values)
+    factor = len(ids) / kept if node.op == "Mul" else kept / len(ids)
+    _replace_vector(model, node, index, (values.astype(np.float64) * factor).astype(values.dtype))
+
+
+def _set_computed_entry(model: Model, node: gs.Node, index: int, entry, value: int, *, keep=()) -> None:
+    """Set one entry of a computed shape input: ``entry`` is ``(chain, input, offset)`` from
+    the analysis (the Concat, then Cast/Identity nodes up to the input). The node gets a
+    private copy of the chain, so other readers of the shape keep theirs."""
+    chain, part, offset = entry
+    constant = chain[0].inputs[part]
+    values = np.array(np.asarray(constant.values), copy=True).reshape(-1)
+    if values[offset] in keep:
+        return  # -1 (Reshape infers it) or 1 (Expand keeps the input's size) stay right
+    values[offset] = value
+    previous = None
+    for k, link in enumerate(chain):
+        inputs = list(link.inputs)
+        if k == 0:
+            inputs[part] = add_initializer(model, f"{constant.name}_pruned",
+                                           values.reshape(np.shape(constant.values)).astype(constant.values.dtype))
+        else:
+            inputs[0] = previous
+        out = link.outputs[0]
+        previous = gs.Variable(unique_name(model, f"{out.name}_pruned"), dtype=out.dtype, shape=out.shape)
+        name = unique_name(model, f"{link.name}_pruned") if link.name else None
+        model.graph.nodes.append(gs.Node(link.op, name, dict(link.attrs), inputs, [previous], domain=link.domain))
+    node.inputs[index] = previous
+
+
 _REWRITES = {
+    "mean-scale": _rewrite_mean_scale,
     "group": _rewrite_group,
     "reshape": _rewrite_reshape,
     "expand": _rewrite_expand,

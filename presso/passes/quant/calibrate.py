@@ -15,10 +15,13 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from ...ir import DataSource, Model, QuantSpec, check_finite, create_session, evaluate
+from ...ir.analysis.batch import feed_batch
+from ...ir.subgraphs import bodies
 from ...ir.edit import add_initializer, add_node, batch_names, is_graph_output, producer, set_constant
 from ...ir.errors import CalibrationError, PassError
 from ...ir.evaluate import check_feeds
 from ..base import Pass, PassContext, PassResult
+from ..progress import progress_bar, sample_count
 from ..registry import register_pass
 from .observers import RangeObserver
 from .qdq import constant_quantizers, float_source, qdq_attrs, qparams, strip_qdq
@@ -121,6 +124,11 @@ class Calibrate(Pass):
         candidates = self._candidates()
         auto = self.method == "auto"
         if model.nodes("QuantizeLinear") == [] and model.nodes("DequantizeLinear") == []:
+            if any(True for _ in bodies(model.graph)):
+                raise PassError("the model has no Q/DQ pairs to calibrate: its quantizable nodes sit inside "
+                                "If/Loop/Scan bodies, which insert-qdq leaves float",
+                                hint="Presso does not quantize inside control-flow bodies yet (calibration "
+                                     "cannot observe values computed there); keep this model in float")
             raise PassError("the model has no Q/DQ pairs to calibrate", hint="run insert-qdq first")
         log: list[str] = []
         weights = _calibrate_constants(model)
@@ -196,7 +204,7 @@ class Calibrate(Pass):
         stride = round(1 / self.holdout) if auto and self.validation is None and self.holdout > 0 else 0
         held = _HeldOut(model, self.score_samples)
         whole_feeds = source.model_batch is not None and source.model_batch > 1  # a feed cannot be split
-        bar = _progress(ctx.progress, self.samples, "calibrate")
+        bar = progress_bar(ctx.progress, sample_count(source, self.samples), "calibrate")
         read = 0
         try:
             for index, feed in enumerate(source.feeds(batch=self.batch or _default_batch(model), limit=self.samples)):
@@ -711,21 +719,12 @@ def _feeds_max_reduction(model: Model) -> set[str]:
 
 
 def _progress(enabled: bool, total: int | None, desc: str, unit: str = "sample"):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+    return progress_bar(enabled, total, desc, unit)
 
 
 def _default_batch(model: Model) -> int:
-    """Batch 16 when every input's leading axis is dynamic, else 1."""
-    for t in model.graph.inputs:
-        if not t.shape or (isinstance(t.shape[0], int) and t.shape[0] > 0):
-            return 1
-    return 16
+    """The model's static batch, else 16 (the batch axis is dynamic: any size runs)."""
+    return feed_batch(model, 16)
 
 
 def _spec_for(model: Model, tensors: list[str], dtype: str) -> QuantSpec:

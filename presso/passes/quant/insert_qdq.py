@@ -16,6 +16,7 @@ from ...ir import Model, QuantSpec
 from ...ir.analysis.shapes import infer_tensor_infos
 from ...ir.edit import is_graph_output, producer
 from ...ir.errors import PassError
+from ...ir.subgraphs import bodies
 from ..base import Pass, PassContext, PassResult
 from ..cleanup.constants_to_initializers import ConstantsToInitializers
 from ..cleanup.fold_batchnorm import FoldBatchNorm
@@ -42,6 +43,38 @@ _FLOAT_MATH_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceSumSquare", "S
                    "Div", "Tanh", "Exp", "Erf", "Log", "Softmax", "Max", "Min", "Expand"}
 
 
+# onnxruntime's QDQPropagationTransformer (on from the basic optimization level) copies a DQ
+# forward through these ops, and aborts the whole process (a C++ assertion, onnxruntime 1.32)
+# when a tensor it walks to is also read inside an If/Loop/Scan body (an implicit input).
+_ORT_DQ_PROPAGATING = {"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"}
+
+
+def _subgraph_reads(graph: gs.Graph) -> set[str]:
+    """Names of the tensors that nodes inside subgraphs (at any depth) read."""
+    names: set[str] = set()
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    names.update(t.name for inner in sub.nodes for t in inner.inputs)
+                    names |= _subgraph_reads(sub)
+    return names
+
+
+def _dq_reaches_subgraph(readers: list[gs.Node], reads: set[str]) -> bool:
+    """True when onnxruntime would propagate a DQ read by ``readers`` into a subgraph read."""
+    stack, seen = [c for c in readers if c.op in _ORT_DQ_PROPAGATING], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or not node.outputs:
+            continue
+        seen.add(id(node))
+        if node.outputs[0].name in reads:
+            return True
+        stack.extend(c for c in node.outputs[0].outputs if c.op in _ORT_DQ_PROPAGATING)
+    return False
+
+
 def _in_float_math(node: gs.Node) -> bool:
     """True when an Add/Mul reads from or feeds float arithmetic (see _FLOAT_MATH_OPS)."""
     neighbours = [c for t in node.outputs for c in t.outputs]
@@ -54,8 +87,8 @@ class InsertQDQ(Pass):
     """Insert Q/DQ pairs on the inputs, weights and outputs of quantizable ops.
 
     The scheme comes from, in order of precedence: the explicit options below, the named
-    ``scheme`` (``u8s8``, ``s8s8``, ``int8-symmetric``, ``a16w8``, ``w4a8``), the target in the
-    pass context, and the default (``u8s8``). Options: ``weights``/``activations`` integer types
+    ``scheme`` (``u8s8``, ``s8s8``, ``int8-symmetric``, ``a16w8``, ``w4a8``), the pass context's
+    ``scheme``, its target's scheme (``presso opt --target``), and the default (``u8s8``). Options: ``weights``/``activations`` integer types
     (int8, uint8, int16, uint16, int4, uint4), ``symmetric`` (weights), ``activations_symmetric``,
     ``per_channel`` (weights), ``ops`` (op types to quantize), ``exclude`` (node or tensor names or
     regexes kept in float), ``concat_shared`` (one scale for a Concat's inputs and output),
@@ -93,6 +126,8 @@ class InsertQDQ(Pass):
     def resolve_scheme(self, ctx: PassContext | None = None) -> QuantScheme:
         if self.scheme:
             base = named_scheme(self.scheme)
+        elif ctx is not None and isinstance(ctx.scheme, QuantScheme):
+            base = ctx.scheme
         elif ctx is not None and isinstance(getattr(ctx.target, "scheme", None), QuantScheme):
             base = ctx.target.scheme
         else:
@@ -132,7 +167,17 @@ class InsertQDQ(Pass):
         inserted = plan.insert()
         stats = {"activations": inserted["act"], "weights": inserted["weight"], "constants": inserted["const"],
                  "biases": inserted["bias"], "opset": model.opset, **prepared}
+        in_bodies = quantizable_in_bodies(model, scheme)
+        if in_bodies:
+            # Calibration observes tensors through onnxruntime, which cannot return values
+            # computed inside a body; such nodes stay float rather than get guessed ranges.
+            stats["left_float_in_bodies"] = in_bodies
         return PassResult(changed=True, stats=stats)
+
+
+def quantizable_in_bodies(model: Model, scheme: QuantScheme) -> int:
+    """How many nodes of the quantized op types sit inside If/Loop/Scan bodies (left float)."""
+    return sum(1 for body in bodies(model.graph) for node in body.graph.nodes if node.op in scheme.ops)
 
 
 def _prepare(model: Model, ctx: PassContext, scheme: QuantScheme) -> dict[str, int]:
@@ -317,6 +362,7 @@ class _Plan:
         counts = {"act": 0, "weight": 0, "const": 0, "bias": 0}
         group_params: dict[str, tuple[gs.Constant, gs.Constant]] = {}
         specs: list[tuple[gs.Tensor, QuantSpec]] = []
+        subgraph_reads = _subgraph_reads(model.graph)
         for name, tensor in self.tensors.items():
             if name not in self.role:
                 continue
@@ -324,6 +370,9 @@ class _Plan:
             readers = None if name in self.all_consumers else list(self.consumers[name])
             if readers is not None and not readers:
                 continue
+            if subgraph_reads and _dq_reaches_subgraph(list(tensor.outputs) if readers is None else readers,
+                                                       subgraph_reads):
+                continue  # a model onnxruntime would crash on (see _ORT_DQ_PROPAGATING)
             if role == "act":
                 ts = scheme.activations
                 root = self.groups.find(name)

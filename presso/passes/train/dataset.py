@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ...ir import DataSource, Model, check_finite
+from ...ir.analysis.batch import static_batch
 from ...ir.errors import CalibrationError
 
 LABELS_KEY = "labels"
@@ -116,6 +117,4 @@ def fixed_batch_size(model: Model) -> int | None:
     Graphs exported with batch 1 often bake it into Reshape targets, so training must feed
     batches of exactly that size.
     """
-    sizes = {t.shape[0] for t in model.graph.inputs
-             if t.shape is not None and len(t.shape) > 0 and isinstance(t.shape[0], int) and t.shape[0] > 0}
-    return min(sizes) if sizes else None
+    return static_batch(model)

@@ -17,8 +17,10 @@ import onnx_graphsurgeon as gs
 import torch
 
 from ...ir import Model, evaluate
+from ...ir.analysis.batch import feed_batch
 from ...ir.errors import PassError
-from .dataset import TrainingSet, fixed_batch_size, load_training_set
+from ..progress import progress_bar
+from .dataset import TrainingSet, load_training_set
 from .executor import GraphExecutor
 from .losses import find_logits
 from .ops import to_torch
@@ -66,8 +68,8 @@ def prepare(p, model: Model, ctx, *, learn_scales: bool = False) -> Session:
                         hint="training updates float initializers of Conv/Gemm/MatMul/normalization "
                              "ops; check the freeze option")
     session = Session(model, executor, data, output, logits, p.batch)
-    fixed = fixed_batch_size(model)
-    if fixed is not None and fixed != p.batch and not _batch_agnostic(session):
+    fixed = feed_batch(model, p.batch)  # a dynamic batch axis takes p.batch; a static one may not
+    if fixed != p.batch and not _batch_agnostic(session):
         session.batch = fixed
         session.log.append(f"the model's graph is built for batches of {fixed}; training uses that size")
     return session
@@ -123,28 +125,33 @@ def torch_threads(count: int):
 
 
 def _epochs(p, session: Session, ctx, step_loss, optimizer, schedule, rng, history: list[float]) -> None:
-    from tqdm.auto import tqdm
-
     executor = session.executor
-    bar = tqdm(range(p.epochs), desc=p.name, unit="epoch", disable=not ctx.progress, leave=False)
-    for epoch in bar:
-        total, count = 0.0, 0
-        for index in session.data.batches(session.batch, rng=rng):
-            optimizer.zero_grad(set_to_none=True)
-            loss = step_loss(index)
-            if not torch.isfinite(loss):
-                raise PassError(f"pass '{p.name}': the loss became {loss.item()} in epoch {epoch + 1}",
-                                hint="lower the learning rate (lr=...) or check the data and labels")
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            executor.apply_constraints()
-            total += float(loss.detach()) * len(index)
-            count += len(index)
-        history.append(total / max(count, 1))
-        session.log.append(f"epoch {epoch + 1}/{p.epochs}: loss {history[-1]:.6g}")
-        bar.set_postfix(loss=f"{history[-1]:.4g}")
-    bar.close()
+    # One bar over every sample of every epoch: total, percentage and time left are known.
+    bar = progress_bar(ctx.progress, p.epochs * len(session.data), p.name)
+    try:
+        for epoch in range(p.epochs):
+            total, count = 0.0, 0
+            if bar is not None:
+                bar.set_postfix_str(f"epoch {epoch + 1}/{p.epochs}" + (f", loss {history[-1]:.4g}" if history else ""))
+            for index in session.data.batches(session.batch, rng=rng):
+                optimizer.zero_grad(set_to_none=True)
+                loss = step_loss(index)
+                if not torch.isfinite(loss):
+                    raise PassError(f"pass '{p.name}': the loss became {loss.item()} in epoch {epoch + 1}",
+                                    hint="lower the learning rate (lr=...) or check the data and labels")
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                executor.apply_constraints()
+                total += float(loss.detach()) * len(index)
+                count += len(index)
+                if bar is not None:
+                    bar.update(len(index))
+            history.append(total / max(count, 1))
+            session.log.append(f"epoch {epoch + 1}/{p.epochs}: loss {history[-1]:.6g}")
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def finish(session: Session) -> list[str]:
@@ -156,7 +163,7 @@ def finish(session: Session) -> list[str]:
 
 def teacher_outputs(teacher: Model, data: TrainingSet, names: Sequence[str], batch: int = 256) -> dict[str, np.ndarray]:
     """The teacher's tensors ``names`` on every sample, computed once with onnxruntime."""
-    step = fixed_batch_size(teacher) or batch
+    step = feed_batch(teacher, batch)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for index in data.batches(step):
         result = evaluate(teacher, data.take(index), list(names))

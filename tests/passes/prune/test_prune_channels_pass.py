@@ -141,12 +141,13 @@ def test_bad_options_are_refused_when_parsed(text, message):
         parse_pipeline(text)
 
 
-def test_dynamic_input_shapes_are_refused():
+def test_dynamic_axes_other_than_the_batch_are_refused_with_a_fitting_example():
     model = small_resnet()
-    model.graph.inputs[0].shape = ["batch", 8, 8, 8]
+    model.graph.inputs[0].shape = ["batch", 8, "h", "w"]
     model.invalidate()
-    with pytest.raises(PassError, match="static input shapes"):
+    with pytest.raises(PassError, match="static input shapes") as info:
         run(model, "prune-channels")
+    assert "--shape x=1,8,224,224" in info.value.hint  # rank 4, the static 8 kept
 
 
 def test_taylor_needs_data():

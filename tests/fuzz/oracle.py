@@ -1,0 +1,201 @@
+"""The differential oracle: a pass or pipeline on a fuzzed graph against onnxruntime.
+
+Independent of the code under test: the original proto runs in its own onnxruntime session
+(no graph optimizations); the transformed model is exported with ``Model.to_proto()``, checked
+with ``onnx.checker.check_model(full_check=True)`` and run in a fresh session. Presso's own
+verification stays off, so a bug in it cannot hide a bug in a pass.
+
+Outcomes (:data:`OUTCOMES`): ``ok``; ``refused`` (the pass raised a PressoError on purpose,
+e.g. "needs static shapes"); ``mismatch`` (an exact pass changed the outputs beyond
+``atol + rtol·max|ref|``, or renamed/reshaped them); ``invalid`` (the written model fails the
+checker or onnxruntime will not load it); ``nonfinite`` (a lossy pipeline made non-finite
+outputs from finite ones); ``crash`` (any other exception, including a pass's internal error
+that the pass manager wrapped).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ort.set_default_logger_severity(3)
+
+OUTCOMES = ("ok", "refused", "mismatch", "invalid", "nonfinite", "crash")
+FAILURES = ("mismatch", "invalid", "nonfinite", "crash")
+
+RTOL, ATOL = 1e-4, 1e-5  # the pass manager's defaults
+CLEANUP = "constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,eliminate-dead-code"
+# Lossy pipelines: the written model must load and give finite outputs. prune-channels gets
+# small rounding so that the fuzzer's few channels are prunable at all.
+LOSSY = (
+    "insert-qdq,calibrate,fold-qdq",
+    "insert-qdq,calibrate{method=mse},fold-qdq{qoperator=true}",
+    "prune-channels{ratio=0.5,round_to=1,min_channels=1}",
+    "sparsify",
+    "sparsify{pattern=2:4}",
+    "quantize-dynamic",
+    "quantize-weights{block=16,bits=4}",
+    "compact{bias_scales=true}",
+)
+# Exact passes on a quantized graph: judged against the model that the prefix wrote.
+ON_QUANTIZED = (
+    "insert-qdq,calibrate | fold-qdq",
+    "insert-qdq,calibrate,fold-qdq | " + CLEANUP,
+    "insert-qdq,calibrate,fold-qdq | compact",
+)
+
+
+def exact_passes() -> list[str]:
+    """Every registered semantics-preserving pass alone, then the cleanup pipeline."""
+    from presso.passes.registry import available_passes
+
+    return [name for name, cls in available_passes().items() if cls.preserves_semantics] + [CLEANUP]
+
+
+def all_pipelines() -> list[tuple[str, bool]]:
+    """(pipeline text, exact) for everything the fuzzer checks."""
+    return [(p, True) for p in exact_passes()] + [(p, True) for p in ON_QUANTIZED] + [(p, False) for p in LOSSY]
+
+
+@dataclass
+class Outcome:
+    kind: str
+    detail: str = ""
+
+
+class GeneratorError(Exception):
+    """The generated graph itself is invalid (a bug in the generator, not a finding)."""
+
+
+def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_proto(proto: onnx.ModelProto, feeds) -> dict[str, np.ndarray]:
+    s = session(proto)
+    names = [o.name for o in s.get_outputs()]
+    return dict(zip(names, s.run(names, feeds)))
+
+
+def reference(graph, feeds) -> dict[str, np.ndarray]:
+    """Check the generated graph and run it; raises GeneratorError when either fails."""
+    try:
+        onnx.checker.check_model(graph.proto, full_check=True)
+    except Exception as exc:
+        raise GeneratorError(f"checker: {str(exc).strip().splitlines()[0][:300]}") from exc
+    try:
+        return run_proto(graph.proto, feeds)
+    except Exception as exc:
+        raise GeneratorError(f"onnxruntime: {str(exc).strip().splitlines()[0][:300]}") from exc
+
+
+def calibration_data(graph, samples: int = 4):
+    shapes = graph.static_shapes()
+    rng = np.random.default_rng(1234)
+    return [{k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(samples)]
+
+
+def check(graph, pipeline: str, exact: bool, feeds=None, expected=None) -> Outcome:
+    """Run ``pipeline`` on ``graph`` and judge the written model against the original.
+
+    ``"prefix | passes"`` first runs ``prefix`` (e.g. ``insert-qdq,calibrate``) and then judges
+    ``passes`` against the model the prefix wrote, so that exact passes meet quantized graphs.
+    """
+    from presso import load
+
+    feeds = feeds if feeds is not None else graph.feeds()
+    prefix, _, checked = pipeline.rpartition(" | ")
+    try:
+        model = load(onnx.ModelProto.FromString(graph.proto.SerializeToString()))
+    except Exception as exc:
+        return Outcome("crash", "load: " + _brief(exc))
+    if prefix:
+        failed = _run(graph, model, prefix)
+        if failed:
+            failed.detail = f"in '{prefix}': {failed.detail}"
+            return failed
+        try:
+            reference_proto = model.to_proto()
+            expected = run_proto(reference_proto, feeds)
+            model = load(reference_proto)
+        except Exception as exc:
+            return Outcome("invalid", f"in '{prefix}': " + _brief(exc))
+    elif expected is None:
+        expected = reference(graph, feeds)
+    failed = _run(graph, model, checked)
+    return failed or judge(model, feeds, expected, exact)
+
+
+def _run(graph, model, pipeline: str) -> Outcome | None:
+    """Run ``pipeline`` in place; an Outcome when it did not finish."""
+    from presso import PassManager
+    from presso.ir import fix_input_shapes
+    from presso.ir.errors import PressoError
+
+    try:
+        if "prune-channels" in pipeline and graph.dynamic:
+            fix_input_shapes(model, dims={"N": graph.batch})
+        PassManager.parse(pipeline).run(model, data=calibration_data(graph), seed=0, progress=False)
+    except PressoError as exc:
+        if "this is a bug in the pass" in str(exc):  # the manager wraps a pass's internal error
+            return Outcome("crash", _brief(exc))
+        return Outcome("refused", _brief(exc))
+    except Exception as exc:
+        return Outcome("crash", _brief(exc))
+    return None
+
+
+def judge(model, feeds, expected, exact: bool) -> Outcome:
+    """Export ``model``, check it, run it in a fresh session and compare with ``expected``."""
+    try:
+        proto = model.to_proto()
+    except Exception as exc:
+        return Outcome("crash", "to_proto: " + _brief(exc))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        return Outcome("invalid", "checker: " + str(exc).strip().splitlines()[0][:300])
+    try:
+        s = session(proto)
+    except Exception as exc:
+        return Outcome("invalid", "onnxruntime load: " + str(exc).strip().splitlines()[0][:300])
+    names = [o.name for o in s.get_outputs()]
+    if names != list(expected):
+        return Outcome("mismatch", f"outputs {names} != {list(expected)}")
+    try:
+        got = dict(zip(names, s.run(names, feeds)))
+    except Exception as exc:
+        return Outcome("invalid", "onnxruntime run: " + str(exc).strip().splitlines()[0][:300])
+    for name, want in expected.items():
+        have = got[name]
+        if have.shape != want.shape:
+            return Outcome("mismatch", f"output '{name}' shape {have.shape} != {want.shape}")
+        finite = np.isfinite(want)
+        if not exact:
+            if not np.isfinite(have[finite]).all():
+                return Outcome("nonfinite", f"output '{name}' has non-finite values")
+            continue
+        if not np.array_equal(np.isfinite(have), finite):
+            return Outcome("mismatch", f"output '{name}': non-finite values differ")
+        err = float(np.abs(have[finite].astype(np.float64) - want[finite]).max(initial=0))
+        bound = ATOL + RTOL * float(np.abs(want[finite]).max(initial=0))
+        if err > bound:
+            return Outcome("mismatch", f"output '{name}': max abs error {err:.3g} > {bound:.3g}")
+    return Outcome("ok")
+
+
+def _brief(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+    frames = traceback.extract_tb(exc.__traceback__ if exc.__cause__ is None else exc.__cause__.__traceback__)
+    where = next((f"{f.filename.split('presso/')[-1]}:{f.lineno}" for f in reversed(frames)
+                  if "/presso/" in f.filename), "")
+    return f"{text} [{where}]" if where else text
