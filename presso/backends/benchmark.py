@@ -116,7 +116,7 @@ def _subject(item: Any, index: int, shapes: Mapping[str, Sequence[int]] | None) 
 
     if isinstance(item, Model):
         subject = _Subject(item.graph.name or f"model{index}", item.copy() if shapes else item,
-                           size_bytes=item.to_proto().ByteSize())
+                           size_bytes=item.byte_size())
     elif isinstance(item, Artifact):
         subject = _Subject(f"artifact{index}", getattr(item, "model", None), artifact=item)
     else:
@@ -135,7 +135,7 @@ def _subject(item: Any, index: int, shapes: Mapping[str, Sequence[int]] | None) 
     if shapes and subject.model is not None:
         fix_input_shapes(subject.model, shapes)
     if not subject.size_bytes and subject.model is not None:
-        subject.size_bytes = subject.model.to_proto().ByteSize()
+        subject.size_bytes = subject.model.byte_size()
     return subject
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ir.errors import BackendError
-from ..passes.quant.scheme import QuantScheme, TensorScheme
+from ..passes.quant.scheme import DEFAULT_QUANTIZED_OPS, PASS_THROUGH_OPS, QuantScheme, TensorScheme
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,19 @@ class Target:
     # int8 forms of a quantized model that the onnxruntime backend times on the host and picks
     # from: "qdq-u8"/"qdq-s8"/"qoperator-u8"…, optionally "+divmul" (backends/onnxruntime/int8_form.py).
     int8_forms: tuple[str, ...] = ()
+    # Pipeline run on the float model before quantization (``presso.quantize``, ``presso opt
+    # --target``): rewrites the engine needs to see before Q/DQ placement (e.g. the QNN HTP's).
+    prepare: str = ""
+    # Pipeline ``fold-qdq`` runs on the integer form for this target (engine-specific cleanups).
+    finish: str = ""
+    # Named scheme variants (``scheme="a16w8"``) that replace the default for this target.
+    variants: tuple[tuple[str, QuantScheme], ...] = ()
+    static_shapes: bool = False  # the engine runs no dynamic shapes: fix them before compiling
+    install_hint: str | None = None  # what to install when the engine's package is missing
+
+    def variant(self, name: str) -> QuantScheme | None:
+        """The target's own version of a named scheme, if it has one."""
+        return dict(self.variants).get(name)
 
 
 _TARGETS: dict[str, Target] = {}
@@ -87,6 +100,36 @@ register_target(Target(
     name="int8-symmetric", device="cpu", backends=("onnxruntime",), scheme=INT8_SYMMETRIC,
     description="TFLite-style int8 profile (symmetric per-channel int8 weights, int8 activations, "
                 "int32 bias) that microcontroller and NPU targets build on",
+))
+# Qualcomm Hexagon NPU through onnxruntime-qnn's QNN execution provider (HTP backend; on x86
+# the HTP is simulated, graph preparation is real). Every op runs as a quantized unit: uint8
+# asymmetric activations, symmetric int8 per-channel weights, int32 biases; nothing absorbed
+# or left float (QNN rejects a Conv whose float output feeds a Relu at graph finalization).
+_QNN_OPS = DEFAULT_QUANTIZED_OPS + (
+    "Div", "Sub", "Softmax", "HardSwish", "Tanh", "Gelu", "LayerNormalization", "Sqrt", "ReduceMean",
+    "ReduceSum", "ReduceMax", "ReduceMin", "Exp", "Max", "Min", "Pad", "GlobalMaxPool", "Pow", "Reciprocal",
+    "Neg", "Abs", "Erf", "Elu", "PRelu", "Log", "InstanceNormalization", "Gather", "ArgMax",
+)
+QNN_HTP_SCHEME = QuantScheme(
+    weights=TensorScheme("int8", symmetric=True, per_channel=True),
+    activations=TensorScheme("uint8", symmetric=False),
+    ops=_QNN_OPS, float_math_guard=False,
+    # an embedding Gather (onehot-to-gather) reads a constant table: quantize it as a compute op
+    pass_through=tuple(op for op in PASS_THROUGH_OPS if op != "Gather"),
+)
+register_target(Target(
+    name="qnn-htp", device="npu", isa="hexagon", backends=("onnxruntime",), scheme=QNN_HTP_SCHEME,
+    variants=(("a16w8", QNN_HTP_SCHEME.with_(activations=TensorScheme("uint16", symmetric=False))),),
+    prepare=("static-shapes,constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,upgrade-opset{version=17},"
+             "onehot-to-gather,fuse-layernorm,fuse-gelu,fuse-softmax,remove-expand,max-to-clip,fuse-hardswish,"
+             "expand-hardsigmoid,div-to-mul,fold-constants,eliminate-dead-code"),
+    finish="drop-saturated-activations",
+    legalize="constants-to-initializers,remove-identity,drop-saturated-activations,eliminate-dead-code",
+    ort_providers=("QNNExecutionProvider",),
+    static_shapes=True,
+    install_hint='pip install "presso[npu]" (or pip install onnxruntime-qnn==2.7.0)',
+    description="Qualcomm Hexagon NPU (onnxruntime-qnn's QNN execution provider, HTP backend, CPU "
+                "fallback off; the artifact is an EPContext model with the compiled context binary)",
 ))
 register_target(Target(
     name="cuda", device="cuda", backends=("onnxruntime", "tvm"), scheme=INT8_SYMMETRIC,

@@ -66,13 +66,14 @@ def _identify_zip(path: Path) -> ForeignFormat:
     except (zipfile.BadZipFile, OSError, ValueError):
         return ForeignFormat("a damaged zip archive", "re-download or re-create the file")
     basenames = {name.rsplit("/", 1)[-1] for name in names}
+    # TorchScript archives hold a data.pkl too: look for their code first.
+    if "constants.pkl" in basenames or any("/code/" in f"/{name}" for name in names):
+        return ForeignFormat("a TorchScript model (torch.jit.save zip archive)",
+                             "load it with torch.jit.load and export it with torch.onnx.export")
     if "data.pkl" in basenames:
         return ForeignFormat("a PyTorch checkpoint (torch.save zip archive)",
                              "load it in PyTorch and export it with torch.onnx.export(model, example_inputs, "
                              "'model.onnx')")
-    if "constants.pkl" in basenames or any("/code/" in f"/{name}" for name in names):
-        return ForeignFormat("a TorchScript model (torch.jit.save zip archive)",
-                             "load it with torch.jit.load and export it with torch.onnx.export")
     if "saved_model.pb" in basenames:
         return ForeignFormat("a zipped TensorFlow SavedModel",
                              "unzip it and convert it with tf2onnx (python -m tf2onnx.convert --saved-model DIR)")

@@ -7,10 +7,12 @@ from collections.abc import Callable
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
 from .errors import ModelLoadError, PressoError
+from .external import external_array, external_tensors, write_external_data
 from .formats import identify_foreign_format
 from .model import Model
 from .proto_checks import check_proto
@@ -40,14 +42,16 @@ def load(source: str | os.PathLike | onnx.ModelProto, *, check: bool = True) -> 
                 where="in-memory model",
                 hint="load it from its file path so that the data beside it can be read and checked",
             )
+        mapped: dict[str, np.ndarray] = {}
     else:
         path = Path(source)
         proto = _read_proto(path)
-    _check_structure(proto, path)
+        mapped = _map_external_data(proto, path)
+    _check_structure(proto, path, mapped)
     if check:
         _check_with_onnx(proto, path)
     try:
-        return Model.from_proto(proto, source_path=str(path) if path else None)
+        return Model.from_proto(proto, source_path=str(path) if path else None, external=mapped)
     except PressoError:
         raise
     except Exception as exc:  # graphsurgeon's import fails with bare KeyErrors/AttributeErrors
@@ -104,13 +108,24 @@ def _read_proto(path: Path) -> onnx.ModelProto:
             if tensorflow else "the file may be truncated or not an .onnx file; re-export or re-download it",
         )
     _check_external_data(proto, path)
-    if any(uses_external_data(t) for t in _all_tensors(proto)):
-        try:
-            onnx.load_external_data_for_model(proto, str(path.parent))
-        except Exception as exc:
-            raise ModelLoadError(f"external data could not be read: {_one_line(str(exc))}", where=where,
-                                 hint="check that the data files beside the model are complete") from exc
     return proto
+
+
+def _map_external_data(proto: onnx.ModelProto, path: Path) -> dict[str, np.ndarray]:
+    """Map the external data of the main graph's tensors (weights stay on disk until read);
+    read the rare external tensors of subgraphs into the proto."""
+    mapped = {t.name: external_array(t, path.parent) for t in external_tensors(proto)}
+    if any(uses_external_data(t) for t in _all_tensors(proto, subgraphs=True) if t.name not in mapped):
+        try:
+            for tensor in _all_tensors(proto, subgraphs=True):
+                if uses_external_data(tensor) and tensor.name not in mapped:
+                    load_external_data_for_tensor(tensor, str(path.parent))
+                    tensor.data_location = onnx.TensorProto.DEFAULT
+                    del tensor.external_data[:]
+        except Exception as exc:
+            raise ModelLoadError(f"external data could not be read: {_one_line(str(exc))}", where=str(path),
+                                 hint="check that the data files beside the model are complete") from exc
+    return mapped
 
 
 def _raise_if_foreign(path: Path) -> None:
@@ -124,17 +139,24 @@ def _raise_if_foreign(path: Path) -> None:
                              hint=foreign.hint)
 
 
-def _all_tensors(proto: onnx.ModelProto):
-    yield from proto.graph.initializer
-    for node in proto.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
+def _all_tensors(proto: onnx.ModelProto, *, subgraphs: bool = False):
+    """Initializers and Constant values of the main graph (and of every body with ``subgraphs``)."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                if subgraphs:
+                    graphs.extend([attr.g] if attr.HasField("g") else [])
+                    graphs.extend(attr.graphs)
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
     folder = path.parent.resolve()
-    for tensor in _all_tensors(proto):
+    for tensor in _all_tensors(proto, subgraphs=True):
         if not uses_external_data(tensor):
             continue
         info = ExternalDataInfo(tensor)
@@ -182,19 +204,18 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
     return count * itemsize
 
 
-def _check_structure(proto: onnx.ModelProto, path: Path | None) -> None:
+def _check_structure(proto: onnx.ModelProto, path: Path | None, mapped: dict[str, np.ndarray]) -> None:
     """Versions, names, order, dims, weights and ops (see :mod:`presso.ir.proto_checks`)."""
-    check_proto(proto, str(path) if path else "in-memory model")
+    check_proto(proto, str(path) if path else "in-memory model", external=mapped)
 
 
 def _check_with_onnx(proto: onnx.ModelProto, path: Path | None) -> None:
     where = str(path) if path else "in-memory model"
     try:
-        if proto.ByteSize() > PROTOBUF_LIMIT:
-            if path is None:
-                return  # the checker cannot take a proto this large, and there is no file to check
-            onnx.checker.check_model(str(path))
-        else:
+        external = any(uses_external_data(t) for t in proto.graph.initializer)
+        if path is not None and (external or proto.ByteSize() > PROTOBUF_LIMIT):
+            onnx.checker.check_model(str(path))  # finds the external data beside the file
+        elif proto.ByteSize() <= PROTOBUF_LIMIT:
             onnx.checker.check_model(proto)
     except Exception as exc:  # ValidationError, and C++ errors surfacing as other types
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
@@ -275,19 +296,52 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
     """
     _check_output_path(path, model, overwrite_source)
     path = Path(path)
-    proto = model.to_proto()
+    # Large weights leave the export as stubs and go to the file one by one: never a second
+    # full copy of them in memory, and none at all of the ones still mapped from disk.
+    proto, weights = model.to_proto_without_large_data(min_bytes=EXTERNAL_MIN_BYTES)
     if external_data is None:
-        external_data = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        total = proto.ByteSize() + sum(a.nbytes for a in weights.values())
+        external_data = model.external_data or total > EXTERNAL_DATA_THRESHOLD
     history = [str(step.get("pass")) for step in model.annotations.history]
 
     def check(written: Path) -> None:
         validate_written_model(written, engine=engine, history=history, destination=str(path))
 
     if external_data:
-        _atomic_write_external(proto, path, path.name + ".data", check)
+        _atomic_write_external(proto, weights, path, path.name + ".data", check)
     else:
+        _fill_stubs(proto, weights)
         _atomic_write_bytes(path, proto.SerializeToString(), check)
     return path
+
+
+def written_size(path: str | os.PathLike) -> int:
+    """Bytes of a saved model: the file and the external data files it refers to."""
+    path = Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = {ExternalDataInfo(t).location for t in _all_tensors(proto, subgraphs=True) if uses_external_data(t)}
+    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+
+
+# Tensors of at least this many bytes go to the external data file (onnx's own default).
+EXTERNAL_MIN_BYTES = 1024
+
+
+def _fill_stubs(proto: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
+    """Put the data of the stubbed tensors back into the proto, for a single-file model."""
+    for tensor in proto.graph.initializer:
+        if tensor.name in weights:
+            array = np.ascontiguousarray(weights[tensor.name])
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _file_mode() -> int:
+    """Permissions of a new file under the current umask (mkstemp makes files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _atomic_write_bytes(path: Path, payload: bytes, check: Callable[[Path], None] | None = None) -> None:
@@ -297,6 +351,7 @@ def _atomic_write_bytes(path: Path, payload: bytes, check: Callable[[Path], None
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, path)
@@ -306,18 +361,18 @@ def _atomic_write_bytes(path: Path, payload: bytes, check: Callable[[Path], None
         raise
 
 
-def _atomic_write_external(proto: onnx.ModelProto, path: Path, data_name: str,
+def _atomic_write_external(proto: onnx.ModelProto, weights: dict[str, np.ndarray], path: Path, data_name: str,
                            check: Callable[[Path], None] | None = None) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        onnx.save_model(
-            proto,
-            str(staging / path.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=1024,
-        )
+        stubs = {t.name: t for t in proto.graph.initializer if t.name in weights}
+        write_external_data(stubs, weights, staging / data_name, data_name)
+        with open(staging / path.name, "wb") as handle:
+            handle.write(proto.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
+        for written in (staging / data_name, staging / path.name):
+            os.chmod(written, _file_mode())
         if check is not None:
             check(staging / path.name)
         os.replace(staging / data_name, path.parent / data_name)

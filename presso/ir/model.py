@@ -54,10 +54,15 @@ class Model:
         # Types graphsurgeon cannot export (optionals, maps, nested sequences), by value name:
         # written back into the exported proto so that such values keep their type.
         self.special_types: dict[str, onnx.TypeProto] = {}
+        # Loaded from a file with external data: saved the same way, weights beside the file.
+        self.external_data = False
 
     # ---- conversion -------------------------------------------------------------------
     @classmethod
-    def from_proto(cls, proto: onnx.ModelProto, *, source_path: str | None = None) -> Model:
+    def from_proto(cls, proto: onnx.ModelProto, *, source_path: str | None = None,
+                   external: dict[str, np.ndarray] | None = None) -> Model:
+        """Import ``proto``; ``external`` holds the data of its external-data tensors by name
+        (read-only memory maps from :mod:`presso.ir.external`), which the graph uses in place."""
         metadata = {p.key: p.value for p in proto.metadata_props}
         annotations = Annotations()
         if METADATA_KEY in metadata:
@@ -72,6 +77,8 @@ class Model:
         opsets = {o.domain: o.version for o in proto.opset_import}
         opsets = {("" if d == "ai.onnx" else d): v for d, v in opsets.items()}
         graph = gs.import_onnx(proto)
+        if external:
+            _attach_external(graph, external)
         _restore_type_attributes(proto.graph, graph)
         _unknown_negative_dims(graph)
         _name_unnamed_nodes(graph)
@@ -85,6 +92,7 @@ class Model:
             source_path=source_path,
         )
         model.special_types = _special_types(proto.graph)
+        model.external_data = bool(external)
         return model
 
     def to_proto(self) -> onnx.ModelProto:
@@ -139,8 +147,15 @@ class Model:
             proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
         return proto, omitted
 
+    def byte_size(self) -> int:
+        """Bytes of the model as a single protobuf, counted without serializing its weights."""
+        proto, weights = self.to_proto_without_large_data()
+        # a stub's location fields stand in for the data's tag and length: a few bytes each
+        return proto.ByteSize() + sum(int(a.nbytes) for a in weights.values())
+
     def copy(self) -> Model:
-        """A deep, independent copy (graph, weights, annotations and metadata).
+        """A deep, independent copy (graph, weights, annotations and metadata); read-only
+        weights (memory-mapped external data) are shared, since nothing writes into them.
 
         Copies the graphsurgeon graph and the weight arrays directly: a round trip through a
         proto would serialize every weight several times (seconds for a VGG-sized model).
@@ -148,7 +163,9 @@ class Model:
         graph = self.graph.copy()
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Constant):
-                if isinstance(tensor._values, np.ndarray):
+                # read-only arrays (weights mapped from external data) are shared, not copied:
+                # passes replace arrays rather than write into them
+                if isinstance(tensor._values, np.ndarray) and tensor._values.flags.writeable:
                     tensor._values = tensor._values.copy()
             elif tensor.shape is not None:
                 tensor.shape = list(tensor.shape)  # graphsurgeon's copy shares the list
@@ -162,7 +179,14 @@ class Model:
             source_path=self.source_path,
         )
         clone.special_types = dict(self.special_types)
+        clone.external_data = self.external_data
         return clone
+
+    def save(self, path, **options: Any):
+        """Validate and write the model atomically: :func:`presso.ir.io.save`."""
+        from .io import save
+
+        return save(self, path, **options)
 
     def _used_opsets(self) -> dict[str, int]:
         used = dict(self.opset_imports)
@@ -326,6 +350,13 @@ def _is_exportable_type(type_proto: onnx.TypeProto) -> bool:
     if kind in ("tensor_type", "sparse_tensor_type", None):
         return True
     return kind == "sequence_type" and type_proto.sequence_type.elem_type.WhichOneof("value") == "tensor_type"
+
+
+def _attach_external(graph: gs.Graph, external: dict[str, np.ndarray]) -> None:
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in external:
+            tensor._values = external[tensor.name]
+            tensor.data_location = None  # where the data goes is decided when saving
 
 
 def _unknown_negative_dims(graph: gs.Graph) -> None:

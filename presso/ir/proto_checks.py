@@ -28,13 +28,14 @@ Needs: the proto with its external data already loaded (for the weight scan). Ch
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
 from .errors import ModelLoadError, UnsupportedOpError
+from .external import chunks
 
 # More elements than this in one tensor (2**36 float32 = 256 GiB) is a corrupt dim, not a model.
 ABSURD_ELEMENTS = 2**36
@@ -54,13 +55,17 @@ def _onnx_domains() -> frozenset[str]:
     return frozenset(schema.domain for schema in onnx.defs.get_all_schemas_with_history()) | {""}
 
 
-def check_proto(proto: onnx.ModelProto, where: str) -> None:
-    """Run every check on ``proto``; ``where`` names the file (or "in-memory model")."""
+def check_proto(proto: onnx.ModelProto, where: str, *, external: Mapping[str, np.ndarray] | None = None) -> None:
+    """Run every check on ``proto``; ``where`` names the file (or "in-memory model").
+
+    ``external`` holds the data of tensors stored as external data (by name, usually memory
+    maps): their weights are scanned in chunks from there, without loading them all.
+    """
     _check_versions(proto, where)
     _check_graph(proto.graph, outer=frozenset(), where=where, scope="")
     _check_ops(proto, where)
     _check_dims(proto, where)
-    _check_finite_weights(proto, where)
+    _check_finite_weights(proto, where, external or {})
 
 
 # ---- versions ----------------------------------------------------------------------------------
@@ -310,9 +315,18 @@ def _stored_tensors(graph: onnx.GraphProto, scope: str = "") -> Iterator[tuple[T
             yield from _stored_tensors(sub, f"subgraph '{attr_name}' of node '{node.name}'")
 
 
-def _non_finite_counts(tensor: TensorProto) -> tuple[int, int] | None:
+def _non_finite_counts(tensor: TensorProto, external: Mapping[str, np.ndarray]) -> tuple[int, int] | None:
     """(NaN count, ±Inf count) of a float tensor, or None for other dtypes."""
     dtype = tensor.data_type
+    if tensor.data_location == TensorProto.EXTERNAL:
+        values = external.get(tensor.name)
+        if values is None or values.dtype.kind != "f":
+            return None
+        nan = inf = 0
+        for piece in chunks(values):  # a chunk at a time: the weights stay on disk
+            nan += int(np.count_nonzero(np.isnan(piece)))
+            inf += int(np.count_nonzero(np.isinf(piece)))
+        return nan, inf
     if dtype == TensorProto.BFLOAT16:
         if tensor.HasField("raw_data"):
             bits = np.frombuffer(tensor.raw_data, dtype="<u2")
@@ -332,7 +346,7 @@ def _non_finite_counts(tensor: TensorProto) -> tuple[int, int] | None:
     return nan, int(np.count_nonzero(np.isinf(values)))
 
 
-def _check_finite_weights(proto: onnx.ModelProto, where: str) -> None:
+def _check_finite_weights(proto: onnx.ModelProto, where: str, external: Mapping[str, np.ndarray]) -> None:
     readers: dict[str, list[str]] = {}
     weight_reads: set[str] = set()
     for node, index, _ in _all_nodes(proto.graph):
@@ -341,7 +355,7 @@ def _check_finite_weights(proto: onnx.ModelProto, where: str) -> None:
             if node.op_type in _WEIGHT_OPS:
                 weight_reads.add(name)
     for tensor, scope, name, label in _stored_tensors(proto.graph):
-        counts = _non_finite_counts(tensor)
+        counts = _non_finite_counts(tensor, external)
         if counts is None:
             continue
         nan, inf = counts

@@ -141,7 +141,8 @@ def load_recipe(path: str | Path) -> list[Pass]:
         return parse_pipeline(steps)
     if not isinstance(steps, list) or not steps:
         raise PipelineError("recipe must hold a non-empty 'pipeline' list or text", where=str(path),
-                            hint="e.g. pipeline: [{name: fold-constants}, {name: calibrate, options: {method: entropy}}]")
+                            hint="e.g. pipeline: [{name: fold-constants}, "
+                                 "{name: calibrate, options: {method: entropy}}]")
     passes = []
     for i, step in enumerate(steps):
         with _located(f"step {i} of recipe {path}"):

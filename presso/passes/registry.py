@@ -11,7 +11,7 @@ from .base import Pass
 _REGISTRY: dict[str, type[Pass]] = {}
 
 # Families register their passes on import; importing them lazily keeps `import presso` light.
-_FAMILIES = ("cleanup", "quant", "prune", "train")
+_FAMILIES = ("cleanup", "legalize", "quant", "prune", "train")
 
 
 def register_pass(name: str):

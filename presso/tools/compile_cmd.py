@@ -16,6 +16,7 @@ EXAMPLES = (
     "--data zoo/cls-eval.npz -o build/cls",
     "presso compile zoo/ppocr-cls.onnx --target cpu-x86 --backend tvm --shape x=1,3,48,192 -o build/cls-tvm",
     "presso compile --list-targets",
+    "presso compile cls-qnn.onnx --target qnn-htp --backend onnxruntime -o build/cls-htp   # needs presso[npu]",
 )
 
 
@@ -45,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tvm: how quantized (QDQ) Conv/MatMul run: 'arith' with int8/uint8 operands and int32 "
                         "accumulation, 'float' on dequantized float values (default: the faster one on the "
                         "target, arith on cpu-x86)")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="qnn-htp: let nodes the NPU rejects run on the CPU instead of failing (listed in the manifest)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--list-targets", action="store_true", help="list the target profiles")
     add_shape_option(p)
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         options = dict(data=args.data, threads=args.threads, select_form=not args.no_select_form,
                        form_rounds=args.form_rounds)
+        if args.allow_fallback:
+            options["allow_fallback"] = True
     elif args.backend == "tvm":
         options = dict(output=args.output, tune_trials=_tune_trials(args.tune), int8=args.int8)
     for flag, value in (("--tune", args.tune), ("--int8", args.int8)):
@@ -79,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         print()
         return 0
     print(summary(artifact.manifest, str(folder), real_data=bool(args.data)))
+    qnn = artifact.manifest.get("qnn")
+    if qnn:
+        print(f"\n{qnn['on_npu']} of {qnn['nodes']} nodes on the NPU ({qnn['fraction_on_npu']:.1%}); EPContext model "
+              f"with a {human_bytes(qnn['context_binary_bytes'])} QNN context binary, compiled in {qnn['compile_s']:.1f} s")
     return 0
 
 

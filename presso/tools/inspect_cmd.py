@@ -26,6 +26,7 @@ EXAMPLES = (
     "presso inspect zoo/magika.onnx --prunable",
     "presso inspect zoo/ppocr-cls.onnx --shape x=1,3,48,192 --layers --dot cls.dot",
     "presso inspect zoo/ppocr-cls.onnx --size --json",
+    "presso inspect cls-qnn.onnx --target qnn-htp   # nodes the Hexagon NPU rejects (needs presso[npu])",
 )
 
 
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="list channel groups (what prune-channels can remove), their sizes and why "
                         "excluded ones are, as prune-channels sees them (a dynamic batch counts as 1; other "
                         "dynamic axes need --shape)")
+    p.add_argument("--target", metavar="NAME", default=None,
+                   help="qnn-htp: list each node that would not run on the NPU, with QNN's reason, and the "
+                        "fraction that would (needs presso[npu]; give --shape for dynamic inputs)")
     add_shape_option(p)
     add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if dynamic:
         name, shape = next(iter(dynamic.items()))
         summary["shape_hint"] = shape_hint(name, shape)
+    if args.target:
+        summary["npu"] = _npu_report(model, args.target)
     if args.dot:
         write_dot(model, args.dot)
     if args.json:
@@ -74,9 +80,26 @@ def run(args: argparse.Namespace) -> int:
         print()
         return 0
     print(render(summary))
+    if "npu" in summary:
+        from ..backends.onnxruntime.qnn import render_npu_report
+
+        print("\n" + "\n".join(render_npu_report(summary["npu"], args.target)))
     if args.dot:
         print(f"\nwrote {args.dot}  (render: dot -Tsvg {args.dot} -o graph.svg)")
     return 0
+
+
+def _npu_report(model: Model, target_name: str) -> dict[str, Any]:
+    from ..backends import get_target
+    from ..ir.errors import PressoError
+
+    target = get_target(target_name)
+    if "QNNExecutionProvider" not in target.ort_providers:
+        raise PressoError(f"inspect --target checks NPU placement; '{target.name}' runs every op it loads",
+                          hint="use --target qnn-htp")
+    from ..backends.onnxruntime.qnn import npu_report
+
+    return npu_report(model)
 
 
 def _shape_text(spec: dict[str, Any]) -> str:

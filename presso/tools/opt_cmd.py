@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from ..ir import compute_cost, save
-from ..ir.analysis.batch import concrete_batch
+from ..ir.analysis.batch import batch_only_dynamic, concrete_batch
 from ..ir.errors import PressoError
-from ..ir.io import check_output_path
+from ..ir.io import check_output_path, written_size
 from ..ir.table import format_table, human_bytes, human_count
 from ..passes import PassContext, PassManager, available_passes
 from .common import add_examples, add_shape_option, load_model
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     after = _summary(model)
     if args.output:
         save(model, args.output)
-        after["size_bytes"] = os.path.getsize(args.output)
+        after["size_bytes"] = written_size(args.output)
     if args.json:
         json.dump({"passes": report.as_dict(), "before": before, "after": after, "output": args.output},
                   sys.stdout, indent=2, default=str)
@@ -103,16 +102,17 @@ def run(args: argparse.Namespace) -> int:
 def _summary(model) -> dict:
     cost = _cost(model)
     return {"nodes": len(model.graph.nodes), "params": cost.params, "flops": cost.flops,
-            "size_bytes": model.to_proto().ByteSize(), "opset": model.opset}
+            "size_bytes": model.byte_size(), "opset": model.opset}
 
 
 def _cost(model):
-    """FLOPs and parameters; a dynamic batch counts as 1 (the model keeps it dynamic)."""
-    try:
-        with concrete_batch(model, 1):
-            return compute_cost(model)
-    except PressoError:  # another axis is dynamic: count what has a static shape
+    """FLOPs and parameters; a dynamic batch counts as 1 (on a copy: the model keeps it dynamic)."""
+    batch, other = batch_only_dynamic(model)
+    if not batch or other:  # static, or another axis is dynamic: count what has a static shape
         return compute_cost(model)
+    copy = model.copy()
+    with concrete_batch(copy, 1):
+        return compute_cost(copy)
 
 
 def _before_after_table(before: dict, after: dict) -> str:

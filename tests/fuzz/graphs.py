@@ -143,10 +143,20 @@ class Builder:
         self.scope = _Scope()
         self.count = 0
         self.ops: list[str] = []
+        self.weights: dict[tuple, list[str]] = {}  # for sharing
+        self.dtypes: dict[str, str] = {}  # tensors that are not float32
+        self.style = c.choice(["plain"] * 5 + ["torch", "tf", "dotted"])
 
     # ---- naming and constants ------------------------------------------------------------
     def name(self, base: str) -> str:
+        """A fresh name in the graph's naming style: plain, or as exporters write them."""
         self.count += 1
+        if self.style == "torch":
+            return f"/{base}/{base.capitalize()}_{self.count}_output_0"
+        if self.style == "tf":
+            return f"model/{base}_{self.count}/BiasAdd:0"
+        if self.style == "dotted":
+            return f"onnx::{base}.{self.count}"
         return f"{base}_{self.count}"
 
     def const(self, array: np.ndarray, base: str = "c", *, allow_fill: bool = False) -> str:
@@ -172,12 +182,38 @@ class Builder:
     def ints(self, values, base: str = "i") -> str:
         return self.const(np.array(values, np.int64), base)
 
-    def weight(self, shape, scale: float = 1.0, *, positive: bool = False) -> str:
+    def weight(self, shape, scale: float = 1.0, *, positive: bool = False, plain: bool = False) -> str:
+        """A float constant: an initializer, Constant or ConstantOfShape, a small constant
+        subgraph (Transpose/Add of constants: work for fold-constants), or an earlier weight of
+        the same shape and kind (shared weights: a pass must not rewrite one for two readers)."""
+        key = (tuple(shape), positive, self.scope)  # the scope itself: ids of dead scopes are reused
+        shared = self.weights.get(key)
+        if shared and self.c.boolean(0.15):
+            return self.c.choice(shared)
         if positive:
             value = self.rng.uniform(0.5, 1.5, shape)
         else:
             value = self.rng.standard_normal(shape) * scale
-        return self.const(value.astype(np.float32), "w", allow_fill=True)
+        value = value.astype(np.float32)
+        how = "init" if plain else self.c.choice(["plain"] * 6 + ["transpose", "add"])
+        if how == "transpose" and value.ndim >= 2:
+            perm = list(range(value.ndim))[::-1]
+            source = self.const(np.ascontiguousarray(value.transpose(perm)), "wt")
+            name = self.name("w")
+            self.scope.nodes.append(helper.make_node("Transpose", [source], [name], name=self.name("Transpose"),
+                                                     perm=perm))
+        elif how == "add" and not positive:
+            half = (value / 2).astype(np.float32)
+            name = self.name("w")
+            self.scope.nodes.append(helper.make_node("Add", [self.const(half, "wa"), self.const(value - half, "wb")],
+                                                     [name], name=self.name("Add")))
+        elif how == "init":
+            name = self.name("w")
+            self.scope.inits.append(numpy_helper.from_array(value, name))
+        else:
+            name = self.const(value, "w", allow_fill=True)
+        self.weights.setdefault(key, []).append(name)
+        return name
 
     def node(self, op: str, inputs, shape, *, outputs: int = 1, **attrs) -> str | list[str]:
         names = [self.name(op.lower()) for _ in range(outputs)]
@@ -281,8 +317,9 @@ class Builder:
         if len(s) < 2 or s[1] == N:
             return None
         ch = s[1]
-        inputs = [x, self.weight([ch], positive=True), self.weight([ch], 0.5), self.weight([ch], 0.5),
-                  self.weight([ch], positive=True)]
+        plain = self.c.boolean(0.6)  # initializers: what fold-batchnorm alone can fold
+        inputs = [x, self.weight([ch], positive=True, plain=plain), self.weight([ch], 0.5, plain=plain),
+                  self.weight([ch], 0.5, plain=plain), self.weight([ch], positive=True, plain=plain)]
         attrs = {"epsilon": self.c.choice([1e-5, 1e-3, 0.1])}
         if self.opset >= 14 and self.c.boolean(0.3):
             attrs["training_mode"] = 0
@@ -344,6 +381,13 @@ class Builder:
             elif c.boolean(0.5):
                 inputs = [x]
             return self.node("Clip", inputs, s)
+        if op == "Dropout" and self.opset >= 12 and c.boolean(0.4):  # mask output read too
+            inputs = [x]
+            if c.boolean():
+                inputs += [self.const(np.array(0.3, np.float32)), self.const(np.array(False))]
+            y, mask = self.node("Dropout", inputs, [s, s], outputs=2)
+            as_float = self.node("Cast", [mask], s, to=TensorProto.FLOAT)
+            return self.node("Mul", [y, as_float], s)
         attrs = {}
         if op == "LeakyRelu" and c.boolean():
             attrs["alpha"] = 0.2
@@ -727,7 +771,21 @@ class Builder:
         for branch in ("then", "else"):
             outer_scope = self.scope
             self.scope = _Scope()
-            y = self.node(c.choice(["Relu", "Sigmoid", "Tanh", "Neg"]), [x], s)
+            kind = c.choice(["math"] * 4 + ["identity", "conv_bn", "dropout"])
+            if kind == "identity":  # the branch returns the outer tensor itself
+                out = self.name(f"{branch}_out")
+                self.scope.nodes.append(helper.make_node("Identity", [x], [out], name=self.name("Identity")))
+                branches.append(helper.make_graph(self.scope.nodes, self.name(f"{branch}_branch"), [],
+                                                  [_value_info(out, s)], self.scope.inits))
+                self.scope = outer_scope
+                continue
+            if kind == "conv_bn" and len(s) == 4:  # foldable and quantizable work inside a body
+                y = self.node("Conv", [x, self.weight([s[1], s[1], 1, 1], 1 / math.sqrt(s[1]))], s)
+                y = self.batchnorm(y)
+            elif kind == "dropout":
+                y = self.node("Dropout", [x], s)
+            else:
+                y = self.node(c.choice(["Relu", "Sigmoid", "Tanh", "Neg"]), [x], s)
             if c.boolean(0.6):
                 y = self.node("Mul", [y, outer_weight], s)
             if same and c.boolean(0.5):
@@ -785,8 +843,8 @@ def _broadcastable(a, b):
     return tuple(reversed(out))
 
 
-def _value_info(name: str, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+def _value_info(name: str, shape, dtype=TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, list(shape))
 
 
 # Each family and how often it is picked; the one-tensor families take (builder, x), the rest
@@ -794,9 +852,10 @@ def _value_info(name: str, shape) -> onnx.ValueInfoProto:
 _FAMILIES = [
     ("conv", 4), ("conv_transpose", 1), ("batchnorm", 2), ("gemm", 2), ("matmul", 2), ("unary", 3),
     ("binary", 3), ("reshape", 2), ("transpose", 1), ("concat", 2), ("split", 1), ("slice", 1), ("pad", 1),
-    ("resize", 1), ("expand", 1), ("pool", 2), ("softmax", 1), ("layernorm", 1), ("reduce", 1), ("if_node", 1),
+    ("resize", 1), ("expand", 1), ("pool", 2), ("softmax", 1), ("layernorm", 1), ("reduce", 1), ("if_node", 2),
 ]
 _WITH_POOL = {"binary", "concat", "split", "if_node"}
+_FOLDABLE = {"conv", "conv_transpose", "gemm", "matmul"}
 
 
 def build_graph(c: Chooser, *, opsets=OPSETS, max_ops: int = 10) -> FuzzGraph:
@@ -828,6 +887,9 @@ def build_graph(c: Chooser, *, opsets=OPSETS, max_ops: int = 10) -> FuzzGraph:
             if c.boolean(0.1):  # bounded retries: some shapes fit few families
                 break
             continue
+        if family in _FOLDABLE and c.boolean(0.4):  # the pattern fold-batchnorm looks for
+            pool.append(y)
+            y = b.batchnorm(y) or y
         x = y
         pool.append(x)
     if x in inputs:
@@ -836,10 +898,19 @@ def build_graph(c: Chooser, *, opsets=OPSETS, max_ops: int = 10) -> FuzzGraph:
     extra = [t for t in pool if t not in inputs and t != x]
     if extra and c.boolean(0.25):
         outputs.append(c.choice(extra))
+    if c.boolean(0.05):  # an int64 output computed from shapes only
+        outputs.append(b.node("Shape", [x], [len(b.shapes[x])]))
+        b.dtypes[outputs[-1]] = "int64"
+    if c.boolean(0.05):  # a constant output
+        outputs.append(b.node("Constant", [], [2], value=numpy_helper.from_array(np.array([1.5, -2], np.float32))))
+    types = {o: TensorProto.INT64 for o in outputs if b.dtypes.get(o) == "int64"}
+    if c.boolean(0.1):  # node names are optional in ONNX (onnxruntime rejects duplicates)
+        for node in b.scope.nodes:
+            node.name = ""
     graph = helper.make_graph(
         b.scope.nodes, f"fuzz_{opset}",
         [_value_info(n, s) for n, s in inputs.items()],
-        [_value_info(o, b.shapes[o]) for o in outputs],
+        [_value_info(o, b.shapes[o], types.get(o, TensorProto.FLOAT)) for o in outputs],
         b.scope.inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],

@@ -96,6 +96,14 @@ def _pytorch_zip(tmp: Path) -> Path:
     return path
 
 
+def _torchscript(tmp: Path) -> Path:
+    import torch
+
+    path = tmp / "m.onnx"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 2)), str(path))  # a zip with data.pkl *and* code/
+    return path
+
+
 def _pickle(tmp: Path) -> Path:
     return _write(tmp / "m.onnx", pickle.dumps({"weight": [1.0, 2.0]}, protocol=4))
 
@@ -248,6 +256,7 @@ CASES = {
     "tflite-flatbuffer": Case(_tflite, ("TFLite", "tf2onnx")),
     "ort-format": Case(_ort_format, ("ONNX Runtime", ".ort", "converted from")),
     "pytorch-checkpoint": Case(_pytorch_zip, ("PyTorch checkpoint", "torch.onnx.export")),
+    "torchscript": Case(_torchscript, ("TorchScript", "torch.jit.load")),
     "pickle": Case(_pickle, ("pickle", "torch.onnx.export")),
     "zip-archive": Case(_zip_with_onnx, ("zip archive", "release/model.onnx", "unzip")),
     "safetensors": Case(_safetensors, ("safetensors", "torch.onnx.export")),

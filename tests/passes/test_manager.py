@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _graphs import init, make_proto, rand, vi
+import onnx_graphsurgeon as gs
 from onnx import helper
 
 from presso.ir import PassError, load
@@ -49,6 +50,25 @@ class _NeedsData(Pass):
 
     def run(self, model, ctx):
         return PassResult(changed=False, stats={"samples": len(list(ctx.data))})
+
+
+@register_pass("test-dangling-read")
+class _DanglingRead(Pass):
+    """Rewires a node to read a tensor that nothing produces: the structural check must name it."""
+
+    def run(self, model, ctx):
+        model.node("relu").inputs[0] = gs.Variable("ghost", dtype=np.float32, shape=[1, 8])
+        return PassResult(changed=True)
+
+
+@register_pass("test-break-if-body")
+class _BreakIfBody(Pass):
+    """Drops a body node whose output is still read, as a buggy in-body rewrite would."""
+
+    def run(self, model, ctx):
+        body = model.node("branch").attrs["then_branch"]
+        del body.nodes[0]
+        return PassResult(changed=True)
 
 
 def _model():
@@ -132,3 +152,22 @@ def test_reference_is_an_untouched_copy():
     ctx = PassContext()
     PassManager.parse("test-break-weights").run(ctx_model, ctx=ctx)
     np.testing.assert_array_equal(ctx.reference.tensor("w").values * 1.5, ctx_model.tensor("w").values)
+
+
+def test_a_pass_that_breaks_the_graph_is_named_with_the_node():
+    with pytest.raises(PassError, match=r"pass 'test-dangling-read' broke the graph.*ghost.*relu"):
+        PassManager.parse("remove-identity,test-dangling-read,eliminate-dead-code").run(_model())
+
+
+def test_a_pass_that_breaks_an_if_body_is_named():
+    then_branch = helper.make_graph([helper.make_node("Neg", ["x"], ["t1"], name="neg"),
+                                     helper.make_node("Relu", ["t1"], ["t"], name="inner_relu")],
+                                    "then", [], [vi("t", [1, 4])])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["e"], name="pass_x")],
+                                    "else", [], [vi("e", [1, 4])])
+    model = load(make_proto([helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_branch,
+                                              else_branch=else_branch)],
+                            [vi("x", [1, 4]), vi("c", [], bool)], [vi("y", [1, 4])]))
+    with pytest.raises(PassError, match=r"test-break-if-body.*reads 't1', which nothing defines") as info:
+        PassManager.parse("test-break-if-body").run(model)
+    assert "then_branch of If node 'branch'" in str(info.value)

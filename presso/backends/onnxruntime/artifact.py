@@ -9,6 +9,7 @@ manifest always holds models the runtime loads.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -20,8 +21,11 @@ import onnx
 
 from ...ir import Model, create_session
 from ...ir import save as save_model
-from ...ir.errors import BackendError, CalibrationError, PressoError
+from ...ir.errors import BackendError, CalibrationError, InvalidModelError, PressoError
+from ...ir.validate import validate_written_model
 from ..artifact import Artifact, write_manifest
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 OPTIMIZED_FILE = "model.ort-optimized.onnx"
@@ -127,7 +131,7 @@ class OrtArtifact(Artifact):
         open_session(model_path, self.model, providers=self.providers, optimization=OPTIMIZED_LEVEL,
                      optimized_model_path=str(optimized_path))
         files = {"model": MODEL_FILE}
-        if optimized_path.is_file():
+        if optimized_path.is_file() and _keep_optimized(optimized_path):
             open_session(optimized_path, self.model, providers=self.providers, optimization="none")
             files["optimized"] = OPTIMIZED_FILE
         extra_data = sorted(p.name for p in folder.glob(MODEL_FILE + ".data"))
@@ -147,6 +151,18 @@ class OrtArtifact(Artifact):
             raise BackendError(f"the artifact's model file '{model_file.name}' is missing", where=str(folder),
                                hint="recompile with `presso compile`")
         return cls(manifest, folder=folder)
+
+
+def _keep_optimized(path: Path) -> bool:
+    """Whether onnxruntime's optimized graph passes the same check as every model Presso writes;
+    it is an extra beside the model, so one that fails is dropped with a warning."""
+    try:
+        validate_written_model(path, engine=None)
+    except InvalidModelError as exc:
+        log.warning("dropping onnxruntime's optimized graph from the artifact: %s", exc)
+        path.unlink()
+        return False
+    return True
 
 
 def open_session(source: onnx.ModelProto | str | Path, model: Model | None = None, *,

@@ -30,7 +30,7 @@ class OnnxRuntimeBackend:
     def compile(self, model: Model, target: Target, *, shapes: Mapping[str, Sequence[int]] | None = None,
                 select_form: bool = True, data: Any = None, threads: int | None = None,
                 verify: bool = True, form_rounds: int = 15, form_threads: Sequence[int] = (1,),
-                compact: bool = True) -> OrtArtifact:
+                compact: bool = True, **qnn_options: Any) -> OrtArtifact:
         """Lower ``model`` (not modified) for ``target``.
 
         ``shapes`` fixes dynamic inputs; without it they stay dynamic (onnxruntime runs them).
@@ -44,12 +44,21 @@ class OnnxRuntimeBackend:
         shared duplicates, bias scales computed from the input and weight scales): a smaller
         file that computes exactly the same; graph input and output names stay.
 
+        For the ``qnn-htp`` target (QNN execution provider) the artifact is an EPContext model
+        (:mod:`.qnn_artifact`); ``allow_fallback=True`` lets rejected nodes run on the CPU.
+
         Onnxruntime loads the model once here (that session checks that the target can run
         it, times the given int8 form and verifies the outputs) plus once per other int8
         form timed; the artifact reuses it when the thread counts agree.
         """
         from ...passes import PassManager  # backends may run a target's legalization pipeline
 
+        if "QNNExecutionProvider" in target.ort_providers:  # the Hexagon NPU: an EPContext artifact
+            from .qnn_artifact import compile_qnn
+
+            return compile_qnn(model, target, shapes=shapes, data=data, verify=verify, **qnn_options)
+        if qnn_options:
+            raise BackendError(f"{', '.join(sorted(qnn_options))}: options of the qnn-htp target only")
         original = model
         model = model.copy()
         if shapes:
@@ -114,6 +123,10 @@ class OnnxRuntimeBackend:
         return artifact
 
     def load(self, folder: Path, manifest: dict[str, Any]) -> OrtArtifact:
+        if "qnn" in manifest:
+            from .qnn_artifact import QnnArtifact
+
+            return QnnArtifact.load(folder, manifest)
         return OrtArtifact.load(folder, manifest)
 
 

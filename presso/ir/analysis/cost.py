@@ -4,6 +4,11 @@ FLOPs are counted as 2 × MACs for the linear ops (Conv, ConvTranspose, Gemm, Ma
 quantized forms) and as one per output element for element-wise ops, pooling and
 normalization. Counts need static shapes: nodes whose shapes are unknown report ``None``
 and are listed in ``CostReport.unknown``.
+
+Control flow: an If node costs its more expensive branch, a Loop or Scan its body times the
+trip count when that is a constant (Loop's ``M``, Scan's sequence length), else one iteration;
+the nodes of the bodies are listed in ``CostReport.body_nodes`` and their constants count as
+parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..model import Model
+from ..subgraphs import node_bodies
 from .shapes import TensorInfo, infer_tensor_infos
 
 LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul",
@@ -43,6 +49,7 @@ class CostReport:
     activation_bytes: int
     peak_activation_bytes: int
     unknown: list[str] = field(default_factory=list)
+    body_nodes: list[NodeCost] = field(default_factory=list)  # nodes inside If/Loop/Scan bodies
 
     def by_name(self) -> dict[str, NodeCost]:
         return {n.name: n for n in self.nodes}
@@ -122,31 +129,14 @@ def compute_cost(model: Model) -> CostReport:
 
     def compute() -> CostReport:
         infos = infer_tensor_infos(model)
+        walker = _CostWalker(infos)
+        nodes = walker.graph_costs(model.graph)
         param_tensors = {id(t): t for t in model.initializers().values()}
-        counted_params: set[int] = set()
-        nodes: list[NodeCost] = []
-        unknown: list[str] = []
-        for node in model.graph.nodes:
-            macs, flops = node_flops(node, infos)
-            if flops is None:
-                unknown.append(node.name)
-            params = 0
-            for t in node.inputs:
-                if id(t) in param_tensors and id(t) not in counted_params:
-                    counted_params.add(id(t))
-                    params += int(np.prod(t.shape, dtype=np.int64))
-            out_bytes = 0
-            for t in node.outputs:
-                info = infos.get(t.name)
-                if info is None or info.nbytes is None:
-                    out_bytes = None
-                    break
-                out_bytes += info.nbytes
-            nodes.append(NodeCost(node.name, node.op, macs, flops, params, out_bytes))
+        param_tensors.update(walker.body_constants)
         all_params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in param_tensors.values())
         param_bytes = sum(t.values.nbytes for t in param_tensors.values())
         # Exporters such as Paddle2ONNX keep weights in Constant nodes: count those too.
-        for node in model.graph.nodes:
+        for node in [*model.graph.nodes, *walker.body_graph_nodes]:
             value = node.attrs.get("value") if node.op == "Constant" else None
             if isinstance(value, gs.Constant) and value.values is not None:
                 all_params += int(value.values.size)
@@ -159,10 +149,91 @@ def compute_cost(model: Model) -> CostReport:
             macs=sum(n.macs or 0 for n in nodes),
             activation_bytes=sum(n.output_bytes or 0 for n in nodes),
             peak_activation_bytes=_peak_live_bytes(model, infos),
-            unknown=unknown,
+            unknown=walker.unknown,
+            body_nodes=walker.body_costs,
         )
 
     return model.analysis("cost", compute)
+
+
+class _CostWalker:
+    """Costs node by node, descending into the bodies of control-flow nodes."""
+
+    def __init__(self, infos: dict[str, TensorInfo]):
+        self.infos = infos
+        self.counted: set[int] = set()
+        self.unknown: list[str] = []
+        self.body_costs: list[NodeCost] = []
+        self.body_graph_nodes: list[gs.Node] = []
+        self.body_constants: dict[int, gs.Constant] = {}
+
+    def graph_costs(self, graph: gs.Graph, *, in_body: bool = False) -> list[NodeCost]:
+        costs = []
+        for node in graph.nodes:
+            cost = self.node_cost(node)
+            costs.append(cost)
+            if in_body:
+                self.body_costs.append(cost)
+                self.body_graph_nodes.append(node)
+        return costs
+
+    def node_cost(self, node: gs.Node) -> NodeCost:
+        branches = list(node_bodies(node))
+        if branches:
+            macs, flops, params = self._control_flow(node, branches)
+        else:
+            macs, flops = node_flops(node, self.infos)
+            params = 0
+        if flops is None:
+            self.unknown.append(node.name)
+        for t in node.inputs:
+            if isinstance(t, gs.Constant) and t.values is not None and t.shape and id(t) not in self.counted:
+                self.counted.add(id(t))
+                params += int(np.prod(t.shape, dtype=np.int64))
+        out_bytes = 0
+        for t in node.outputs:
+            info = self.infos.get(t.name)
+            if info is None or info.nbytes is None:
+                out_bytes = None
+                break
+            out_bytes += info.nbytes
+        return NodeCost(node.name, node.op, macs, flops, params, out_bytes)
+
+    def _control_flow(self, node: gs.Node, branches) -> tuple[int | None, int | None, int]:
+        totals = []
+        params = 0
+        for body in branches:
+            for t in body.graph.tensors().values():
+                if isinstance(t, gs.Constant) and t.values is not None and t.shape:
+                    self.body_constants.setdefault(id(t), t)
+            costs = self.graph_costs(body.graph, in_body=True)
+            params += sum(c.params for c in costs)
+            known = all(c.flops is not None for c in costs)
+            totals.append((sum(c.macs or 0 for c in costs), sum(c.flops or 0 for c in costs) if known else None))
+        if node.op == "If":
+            macs = max(m for m, _ in totals)
+            flops = None if any(f is None for _, f in totals) else max(f for _, f in totals)
+            return macs, flops, params
+        trips = _trip_count(node, self.infos)
+        macs, flops = totals[0]
+        return macs * trips, (flops * trips if flops is not None else None), params
+
+
+def _trip_count(node: gs.Node, infos: dict[str, TensorInfo]) -> int:
+    """Iterations of a Loop or Scan when they are known before running it, else 1."""
+    if node.op == "Loop" and node.inputs and isinstance(node.inputs[0], gs.Constant):
+        values = node.inputs[0].values
+        if values is not None and values.size == 1:
+            return max(int(values.reshape(-1)[0]), 0)
+    if node.op == "Scan":
+        count = int(node.attrs.get("num_scan_inputs", 0))
+        if count:
+            scanned = node.inputs[-count]
+            axes = node.attrs.get("scan_input_axes") or [0]
+            shape = _shape_of(scanned, infos)
+            if shape is not None and axes[0] < len(shape):
+                return int(shape[axes[0]])
+    return 1
 
 
 def _peak_live_bytes(model: Model, infos: dict[str, TensorInfo]) -> int:

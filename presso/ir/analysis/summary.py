@@ -48,7 +48,7 @@ def summarize(model: Model, *, layers: bool = False) -> dict[str, Any]:
         "macs": cost.macs,
         "activation_bytes": cost.activation_bytes,
         "peak_activation_bytes": cost.peak_activation_bytes,
-        "size_bytes": model.to_proto().ByteSize(),
+        "size_bytes": model.byte_size(),
         "initializer_dtypes": dict(dtypes),
         "unknown_cost_nodes": list(cost.unknown),
         "annotations": {

@@ -55,13 +55,23 @@ class FoldConstants(Pass):
         limit = int(self.max_size_mb * 2**20) if self.max_size_mb else _NO_LIMIT
         severity = G_LOGGER.severity
         G_LOGGER.severity = G_LOGGER.CRITICAL  # its advice ("large outputs", failed folds) is noise here
+        graphs = [model.graph, *(body.graph for body in bodies(model.graph))]
+        exclusions = [_exclusion(graph) for graph in graphs]
+        # graphsurgeon turns every Constant node it meets (in a body: the enclosing graph's too)
+        # into a constant tensor before it looks at exclusions; the excluded ones wear another
+        # op name until every graph is folded.
+        kept = [n for graph, exclude in zip(graphs, exclusions) for n in graph.nodes
+                if n.op == "Constant" and exclude(n)]
+        for node in kept:
+            node.op = _KEPT_CONSTANT
         try:
             with ort_logs():  # onnxruntime's own warnings go through Presso's logging (-v/-q)
-                self._fold(model.graph, fold_shapes=self.fold_shapes, limit=limit)
-                for body in list(bodies(model.graph)):
-                    self._fold(body.graph, fold_shapes=False, limit=limit)
+                for index, (graph, exclude) in enumerate(zip(graphs, exclusions)):
+                    self._fold(graph, fold_shapes=self.fold_shapes and index == 0, limit=limit, exclude=exclude)
         finally:
             G_LOGGER.severity = severity
+            for node in kept:
+                node.op = "Constant"
         model.graph.cleanup(remove_unused_graph_inputs=False)
         if self.fold_shapes:
             _merge_ranged_shapes(model, ranged)
@@ -70,14 +80,14 @@ class FoldConstants(Pass):
         return PassResult(changed=folded > 0, stats={"nodes_folded": folded})
 
     @staticmethod
-    def _fold(graph: gs.Graph, *, fold_shapes: bool, limit: int) -> None:
+    def _fold(graph: gs.Graph, *, fold_shapes: bool, limit: int, exclude) -> None:
         graph.fold_constants(
             fold_shapes=fold_shapes,
             recurse_subgraphs=False,
             flatten_subgraphs=False,
             error_ok=True,
             size_threshold=limit,
-            should_exclude_node=_excluded,
+            should_exclude_node=lambda node: node.op == _KEPT_CONSTANT or exclude(node),
             recurse_functions=False,
         )
 
@@ -86,6 +96,34 @@ def _excluded(node: gs.Node) -> bool:
     if node.op in _NEVER_FOLD or node.op in _NON_TENSOR_OPS:
         return True
     return any(getattr(t, "type", "tensor_type") not in (None, "tensor_type") for t in node.outputs)
+
+
+# graphsurgeon stores a constant in every body that reads it: a weight that several bodies
+# read (the two branches of an If) becomes one stored copy per body once it is a folded
+# constant rather than the output of a node of the enclosing graph. Such weights stay put.
+_SHARED_WEIGHT_BYTES = 1024
+_KEPT_CONSTANT = "PressoKeptConstant"
+
+
+def _exclusion(graph: gs.Graph):
+    """What not to fold in ``graph``: :func:`_excluded`, and nodes that would copy a large
+    weight into several bodies (a Constant node read from bodies, an op on an outer weight)."""
+    own = {id(n) for n in graph.nodes}
+
+    def read_elsewhere(t: gs.Tensor) -> bool:
+        return any(id(user) not in own for user in t.outputs)
+
+    def large(values) -> bool:
+        return getattr(values, "nbytes", 0) > _SHARED_WEIGHT_BYTES
+
+    def exclude(node: gs.Node) -> bool:
+        if _excluded(node):
+            return True
+        if node.op == "Constant" and large(getattr(node.attrs.get("value"), "values", None)):
+            return any(read_elsewhere(t) for t in node.outputs)
+        return any(isinstance(t, gs.Constant) and large(t.values) and read_elsewhere(t) for t in node.inputs)
+
+    return exclude
 
 
 def _count_nodes(graph: gs.Graph) -> int:

@@ -4,7 +4,7 @@ The flow (DESIGN.md): ``insert-qdq`` → ``calibrate`` → optional fine-tuning 
 ``quantize-dynamic`` and ``quantize-weights`` are one-step alternatives.
 """
 
-from . import bias_correction, calibrate, fold_qdq, insert_qdq, quantize_dynamic, quantize_weights  # noqa: F401  (importing registers the passes)
+from . import bias_correction, calibrate, fold_qdq, insert_qdq, quantize_dynamic, quantize_weights, saturate  # noqa: F401  (importing registers the passes)
 from .scheme import NAMED_SCHEMES, QuantScheme, TensorScheme, named_scheme
 
 __all__ = ["NAMED_SCHEMES", "QuantScheme", "TensorScheme", "named_scheme"]

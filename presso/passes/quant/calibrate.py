@@ -159,6 +159,9 @@ class Calibrate(Pass):
             ctx.shared[FLOAT_MEANS_KEY] = (id(model), statistics.means())
         ranges = _ranges(model, groups, policies, *chosen)
         constant = _set_ranges(model, groups, ranges, _label(*chosen))
+        widened = _fit_kernel_limits(model)
+        if widened:
+            log.append(f"{widened} scale(s) widened to the range onnxruntime's QLinearGlobalAveragePool accepts")
         if constant:
             message = (f"{len(constant)} observed tensor(s) held a single value on all {seen} samples "
                        f"(e.g. '{constant[0]}'); they got a unit range instead of a zero scale")
@@ -468,8 +471,12 @@ def _choose(model, groups, policies, candidates, statistics, held, ctx, bias_cor
                 scale, q = _bias_int32(link, s_in)
                 patch(link["scale"].name, scale)
                 patch(link["q"].name, q)
-            session = create_session(proto, optimization="all", initializers=arrays, threads=threads)
-            got = [[np.asarray(v) for v in session.run(None, feed)] for feed in feeds]
+            try:
+                session = create_session(proto, optimization="all", initializers=arrays, threads=threads)
+                got = [[np.asarray(v) for v in session.run(None, feed)] for feed in feeds]
+            except Exception:  # an int8 kernel refuses these scales (see _fit_kernel_limits): last place
+                scores[label] = (-np.inf, None, "dB")
+                continue
             scores[label] = _score(references, got, feeds)
     finally:
         if bar is not None:
@@ -720,6 +727,48 @@ def _feeds_max_reduction(model: Model) -> set[str]:
 
 def _progress(enabled: bool, total: int | None, desc: str, unit: str = "sample"):
     return progress_bar(enabled, total, desc, unit)
+
+
+def _fit_kernel_limits(model: Model) -> int:
+    """Widen scales that onnxruntime's int8 GlobalAveragePool kernel refuses to run with.
+
+    Its QLinearGlobalAveragePool throws "parameter out of computation range" unless
+    2⁻³² ≤ s_in / (s_out · H·W) < 256: a near-constant average (e.g. of x and −x), whose output
+    scale sits at its floor, made a model that loads but cannot run. Only ever widens (coarser
+    steps, never clipping). Returns how many scales changed.
+    """
+    from ...ir.analysis.shapes import infer_tensor_infos
+
+    infos = None
+    widened = 0
+    for node in model.nodes("GlobalAveragePool"):
+        dq = producer(node.inputs[0])
+        qs = [c for c in node.outputs[0].outputs if c.op == "QuantizeLinear"]
+        p_in = qparams(dq) if dq is not None and dq.op == "DequantizeLinear" else None
+        if p_in is None or p_in.axis is not None or not qs:
+            continue
+        infos = infos if infos is not None else infer_tensor_infos(model)
+        info = infos.get(node.inputs[0].name)
+        spatial = list(info.shape[2:]) if info is not None and info.shape is not None else None
+        if not spatial or not all(isinstance(d, int) and d > 0 for d in spatial):
+            continue
+        size = float(np.prod(spatial))
+        for q in qs:
+            p_out = qparams(q)
+            if p_out is None or p_out.axis is not None:
+                continue
+            s_in = float(np.asarray(p_in.scale.values).reshape(-1)[0])
+            s_out = float(np.asarray(p_out.scale.values).reshape(-1)[0])
+            if s_in / (s_out * size) >= 255.0:  # the output scale is too fine for the input's
+                target, value = p_out.scale, s_in / (size * 255.0)
+            elif s_in / (s_out * size) < 2.0**-31:  # the input scale is too fine for the output's
+                target, value = p_in.scale, s_out * size * 2.0**-31
+            else:
+                continue
+            dtype = np.asarray(target.values).dtype
+            set_constant(target, np.full(np.shape(target.values), value * (1 + 1e-6), dtype=dtype))
+            widened += 1
+    return widened
 
 
 def _default_batch(model: Model) -> int:

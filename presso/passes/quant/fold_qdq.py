@@ -62,6 +62,7 @@ class FoldQDQ(Pass):
         if self.qoperator:
             lowered = lower_to_qoperators(model)
             model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        finished = _target_finish(model, ctx)
         zeros = drop_constant_zero_points(model) if self.drop_zero_points else 0
         scalars = scalarize_qparams(model) if self.scalar_qparams else 0
         _drop_activation_specs(model)
@@ -73,9 +74,26 @@ class FoldQDQ(Pass):
                 raise PassError(f"the folded model does not load in onnxruntime: {exc}",
                                 hint="try qoperator=false, or another scheme (uint8 activations, int8 weights)") from exc
         stats = {"weights_folded": weights, "requantize_removed": identities, "quantizers_merged": merged,
-                 "zero_points_dropped": zeros, "qparams_scalarized": scalars, **lowered}
+                 "zero_points_dropped": zeros, "qparams_scalarized": scalars, **lowered, **finished}
         return PassResult(changed=bool(weights or identities or merged or zeros or scalars or any(lowered.values())),
                           stats=stats)
+
+
+def _target_finish(model: Model, ctx: PassContext) -> dict[str, int]:
+    """Run the target's ``finish`` pipeline (e.g. qnn-htp's ``drop-saturated-activations``),
+    the rewrites its engine needs on the integer form; nothing without a target."""
+    text = getattr(getattr(ctx, "target", None), "finish", "") if ctx is not None else ""
+    if not text:
+        return {}
+    from ..pipeline import parse_pipeline
+
+    stats = {}
+    for step in parse_pipeline(text):
+        result = step.run(model, ctx)
+        model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        model.invalidate()
+        stats[f"finish_{step.name}"] = int(result.changed)
+    return stats
 
 
 def _fold_weights(model: Model) -> int:

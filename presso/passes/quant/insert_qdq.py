@@ -124,7 +124,10 @@ class InsertQDQ(Pass):
     prepare: bool = True
 
     def resolve_scheme(self, ctx: PassContext | None = None) -> QuantScheme:
-        if self.scheme:
+        variant = getattr(getattr(ctx, "target", None), "variant", None)
+        if self.scheme and variant is not None and variant(self.scheme) is not None:
+            base = variant(self.scheme)  # the target's own version of the named scheme
+        elif self.scheme:
             base = named_scheme(self.scheme)
         elif ctx is not None and isinstance(ctx.scheme, QuantScheme):
             base = ctx.scheme
@@ -181,9 +184,15 @@ def quantizable_in_bodies(model: Model, scheme: QuantScheme) -> int:
 
 
 def _prepare(model: Model, ctx: PassContext, scheme: QuantScheme) -> dict[str, int]:
-    """Make the model quantizable with the cleanup passes (all semantics-preserving)."""
+    """Make the model quantizable with the cleanup passes (all semantics-preserving); a target
+    with its own ``prepare`` pipeline (the QNN HTP's rewrites) runs that one first."""
     steps = [ConstantsToInitializers(), FoldConstants(), FoldBatchNorm(), RemoveIdentity(),
              UpgradeOpset(version=max(scheme.min_opset, model.opset))]
+    target_prepare = getattr(ctx.target, "prepare", "") if ctx is not None else ""
+    if target_prepare:
+        from ..pipeline import parse_pipeline
+
+        steps = parse_pipeline(target_prepare) + steps[-1:]
     done = {}
     for step in steps:
         result = step.run(model, ctx)
@@ -241,7 +250,7 @@ class _Plan:
     def _node_quantized(self, node: gs.Node) -> bool:
         return (not node.domain and node.op in self.scheme.ops
                 and not self.scheme.excludes(node.name, *(t.name for t in node.outputs))
-                and not (node.op in ELEMENTWISE_OPS and _in_float_math(node)))
+                and not (node.op in ELEMENTWISE_OPS and self.scheme.float_math_guard and _in_float_math(node)))
 
     def _mark(self, tensor: gs.Tensor, role: str, consumer: gs.Node | None, axis: int | None = None) -> bool:
         if not self._is_float(tensor) or self.scheme.excludes(tensor.name):
@@ -277,7 +286,7 @@ class _Plan:
 
     def _absorbed(self, node: gs.Node, quantized: set[int]) -> bool:
         """A Relu/Clip whose producer is quantized and feeds only it: the Q after it suffices."""
-        if node.op not in ABSORBED_ACTIVATIONS or not node.inputs:
+        if node.op not in ABSORBED_ACTIVATIONS or not node.inputs or not self.scheme.absorb_activations:
             return False
         if node.op == "Clip" and not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs[1:]):
             return False

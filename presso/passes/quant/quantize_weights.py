@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 from ...ir import Model
 from ...ir.edit import add_initializer, add_node, replace_all_uses
+from ...ir.external import release
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
 
@@ -70,6 +71,7 @@ class QuantizeWeights(Pass):
                            dtype=node.outputs[0].dtype, shape=node.outputs[0].shape)
             replace_all_uses(model, node.outputs[0], new.outputs[0])
             node.outputs.clear()
+            release(values)  # a weight mapped from external data leaves memory once it is packed
             float_bytes += values.nbytes
             packed_bytes += sum(np.asarray(t.values).nbytes for t in inputs[1:])
             done += 1

@@ -86,6 +86,10 @@ class QuantScheme:
     most NPUs require it; onnxruntime's QLinearConcat requantizes, so it does not).
     ``pass_through`` names the ops that keep their input's quantization (see
     :data:`PASS_THROUGH_OPS`): when their input is quantized, their output shares its scale.
+    ``absorb_activations``: a Relu/Clip right after a quantized op gets no Q/DQ of its own
+    (onnxruntime's CPU kernels fuse it); NPUs that validate every op as a Q/DQ unit (QNN) need
+    it off. ``float_math_guard``: Add/Mul beside normalisation statistics stay float (right for
+    CPUs, where they buy no integer kernel; off for NPUs that run nothing in float).
     """
 
     weights: TensorScheme = field(default_factory=lambda: TensorScheme("int8", symmetric=True, per_channel=True))
@@ -95,6 +99,8 @@ class QuantScheme:
     exclude: tuple[str, ...] = ()
     concat_shared: bool = False
     pass_through: tuple[str, ...] = PASS_THROUGH_OPS
+    absorb_activations: bool = True
+    float_math_guard: bool = True
 
     @property
     def min_opset(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from _graphs import init, make_proto, rand, vi
 from onnx import helper
@@ -76,3 +77,36 @@ def test_cost_is_cached_and_dropped_on_invalidate():
     assert compute_cost(model) is first
     model.invalidate()
     assert compute_cost(model) is not first
+
+
+def _if_model():
+    """If(c): then MatMul x·[8,16] → y; else MatMul x·[8,4] then MatMul ·[4,16] → y."""
+    then_branch = helper.make_graph([helper.make_node("MatMul", ["x", "w_big"], ["t"], name="then_mm")],
+                                    "then", [], [vi("t", [2, 16])])
+    else_branch = helper.make_graph([helper.make_node("MatMul", ["x", "w_a"], ["e1"], name="else_mm1"),
+                                     helper.make_node("MatMul", ["e1", "w_b"], ["e"], name="else_mm2")],
+                                    "else", [], [vi("e", [2, 16])])
+    node = helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)
+    return load(make_proto([node], [vi("x", [2, 8]), vi("c", [], bool)], [vi("y", [2, 16])],
+                           [init("w_big", rand([8, 16])), init("w_a", rand([8, 4], seed=1)),
+                            init("w_b", rand([4, 16], seed=2))]))
+
+
+def test_if_costs_its_more_expensive_branch_and_lists_body_nodes():
+    cost = compute_cost(_if_model())
+    then_macs, else_macs = 2 * 16 * 8, 2 * 4 * 8 + 2 * 16 * 4
+    assert cost.macs == max(then_macs, else_macs)
+    assert {n.name for n in cost.body_nodes} == {"then_mm", "else_mm1", "else_mm2"}
+    assert cost.params == 8 * 16 + 8 * 4 + 4 * 16  # weights read only inside the branches
+
+
+def test_loop_costs_its_body_times_a_constant_trip_count():
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "w"], ["h_out"], name="step"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going")],
+        "body", [vi("i", [], "int64"), vi("cond_in", [], bool), vi("h_in", [1, 8])],
+        [vi("cond_out", [], bool), vi("h_out", [1, 8])])
+    loop = helper.make_node("Loop", ["trips", "", "h0"], ["h"], name="loop", body=body)
+    model = load(make_proto([loop], [vi("h0", [1, 8])], [vi("h", [1, 8])],
+                            [init("w", rand([8, 8])), init("trips", np.array(5, np.int64))]))
+    assert compute_cost(model).macs == 5 * 8 * 8

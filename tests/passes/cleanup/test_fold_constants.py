@@ -73,3 +73,40 @@ def test_size_limit_keeps_large_results_unfolded():
     assert ops(model) == ["ConstantOfShape", "Add"]  # 2 MiB result > 1 MiB limit
     PassManager.parse("fold-constants").run(model)
     assert ops(model) == ["Add"]
+
+
+def test_ranged_shape_folds_to_its_slice_not_the_whole_shape():
+    # Reshape(x, Concat(Shape(x, start=0, end=2), [-1])): graphsurgeon alone folds the whole shape
+    nodes = [
+        helper.make_node("Shape", ["x"], ["lead"], name="shape", start=0, end=2),
+        helper.make_node("Concat", ["lead", "minus1"], ["target"], name="cat", axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape"),
+    ]
+    proto = make_proto(nodes, [vi("x", [2, 3, 4, 5])], [vi("y", [2, 3, 20])],
+                       [init("minus1", np.array([-1], np.int64))])
+    model, stats = run_pipeline(proto, "fold-constants", {"x": rand((2, 3, 4, 5))})
+    np.testing.assert_array_equal(model.node("reshape").inputs[1].values, [2, 3, -1])
+
+
+def test_ranged_shape_of_a_dynamic_input_stays_a_single_node():
+    nodes = [helper.make_node("Shape", ["x"], ["tail"], name="shape", start=1),
+             helper.make_node("Cast", ["tail"], ["y"], name="cast", to=TensorProto.FLOAT)]
+    proto = make_proto(nodes, [vi("x", ["N", "M", 4])], [vi("y", [2])])
+    model, _ = run_pipeline(proto, "fold-constants", {"x": rand((2, 3, 4))})
+    assert ops(model) == ["Shape", "Cast"] and model.node("shape").attrs["start"] == 1
+
+
+def test_constant_if_condition_is_folded_inside_bodies_without_breaking_them():
+    # the branches read outer constants; graphsurgeon's branch inlining used to lose tensors
+    then_branch = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"], name="then_mul")],
+                                    "then", [], [vi("t", [2, 3])])
+    else_branch = helper.make_graph([helper.make_node("Add", ["two", "two"], ["four"], name="const_add"),
+                                     helper.make_node("Mul", ["x", "four"], ["e"], name="else_mul")],
+                                    "else", [], [vi("e", [2, 3])])
+    nodes = [helper.make_node("Constant", [], ["c"], name="cond", value=helper.make_tensor("c", TensorProto.BOOL, [], [0])),
+             helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)]
+    proto = make_proto(nodes, [vi("x", [2, 3])], [vi("y", [2, 3])], [init("two", np.array(2.0, np.float32))])
+    model, stats = run_pipeline(proto, "fold-constants", {"x": rand((2, 3))})
+    assert stats["nodes_folded"] >= 1  # the constant Add inside the else branch
+    else_ops = [n.op for n in model.node("branch").attrs["else_branch"].nodes]
+    assert else_ops == ["Mul"]

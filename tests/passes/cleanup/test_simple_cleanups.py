@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _graphs import init, make_proto, ops, rand, run_pipeline, vi
+from _graphs import assert_close, init, make_proto, ops, rand, reference, run_pipeline, vi
 from onnx import TensorProto, helper
 
-from presso.ir import PassError, load
+from presso.ir import PassError, evaluate, load
 from presso.passes import PassManager
 
 
@@ -33,7 +33,7 @@ def test_remove_identity_and_dropout():
     proto = make_proto(nodes, [vi("x", [2, 3])], [vi("y", [2, 3])], [init("ratio", np.float32(0.5))])
     model, stats = run_pipeline(proto, "remove-identity", {"x": rand((2, 3))})
     assert ops(model) == ["Relu"] and model.output_names() == ["y"]
-    assert stats == {"identity_removed": 2, "dropout_removed": 1}
+    assert stats == {"identity_removed": 2, "dropout_removed": 1, "removed_in_bodies": 0}
 
 
 def test_dropout_in_training_mode_or_with_used_mask_stays():
@@ -113,3 +113,26 @@ def test_infer_shapes_batch_on_an_unnamed_dynamic_batch():
     model = load(zoo.ppocr_cls_model())
     PassManager.parse("infer-shapes{batch=2}").run(model)
     assert model.graph.inputs[0].shape[:2] == [2, 3] and isinstance(model.graph.inputs[0].shape[2], str)
+
+
+def test_remove_identity_inside_a_body_keeps_the_identity_that_returns_an_outer_value():
+    # then: Identity(x) → t1 → Relu → t (internal, removable); else: Identity(x) → e is the
+    # branch's output, read from the outer graph, and must stay
+    then_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["t1"], name="inner_id"),
+                                     helper.make_node("Relu", ["t1"], ["t"], name="inner_relu")],
+                                    "then", [], [vi("t", [2, 3])])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["e"], name="return_x")],
+                                    "else", [], [vi("e", [2, 3])])
+    proto = make_proto([helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_branch,
+                                         else_branch=else_branch)],
+                       [vi("x", [2, 3]), vi("c", [], bool)], [vi("y", [2, 3])])
+    feeds = [{"x": rand((2, 3)), "c": np.array(flag)} for flag in (True, False)]
+    model = load(proto)
+    # verify=True checks both branches against the model before the pass; a scalar input has no
+    # sample axis, so the feeds go to the manager as they are
+    report = PassManager.parse("remove-identity", verify=True).run(model, sample_feeds=feeds)
+    assert report.records[0].result.stats["removed_in_bodies"] == 1
+    for f in feeds:
+        assert_close(reference(proto, f), evaluate(model, f))
+    assert [n.op for n in model.node("branch").attrs["then_branch"].nodes] == ["Relu"]
+    assert [n.op for n in model.node("branch").attrs["else_branch"].nodes] == ["Identity"]

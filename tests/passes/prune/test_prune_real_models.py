@@ -87,3 +87,31 @@ def test_prune_half_the_channels(name, free_memory):
     assert all(np.all(np.isfinite(v)) for v in outputs.values())
     assert stats["flops_after"] == compute_cost(pruned).flops < stats["flops_before"]
     assert pruned.annotations.pruning
+
+
+def test_magika_as_shipped_prunes_with_its_dynamic_batch_and_keeps_it(caplog):
+    """The newcomer's command `presso opt magika.onnx -p "prune-channels{ratio=0.5}"`: no
+    --shape, no fold-constants first. The pass prepares the model, picks a batch, halves the
+    FLOPs, and the output still takes any batch (per-sample results equal to batch-1 runs)."""
+    model = load(zoo.magika_model())
+    assert not isinstance(model.graph.inputs[0].shape[0], int)
+    x = zoo.magika_dataset(3)[0]
+    reference = evaluate(model, {"bytes": x})["target_label"]
+    flops_before = _flops_at_batch_1(model)
+    result = PassManager.parse("prune-channels{ratio=0.5}").run(model).records[-1].result
+    assert result.stats["removed"] > 0 and "removed nothing" not in caplog.text
+    assert 0.4 < _flops_at_batch_1(model) / flops_before < 0.6
+    assert model.graph.inputs[0].shape[0] == load(zoo.magika_model()).graph.inputs[0].shape[0]
+    onnx.checker.check_model(model.to_proto(), full_check=True)
+    together = evaluate(model, {"bytes": x})["target_label"]
+    alone = np.concatenate([evaluate(model, {"bytes": x[i:i + 1]})["target_label"] for i in range(len(x))])
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+    assert together.shape == reference.shape and not np.allclose(together, reference)
+
+
+def _flops_at_batch_1(model) -> float:
+    from presso.ir.analysis.batch import concrete_batch
+
+    copy = model.copy()
+    with concrete_batch(copy, 1):
+        return compute_cost(copy).flops
