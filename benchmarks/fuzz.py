@@ -4,8 +4,11 @@ For each generated graph (``tests/fuzz/graphs.py``; graph *i* of seed *s* is alw
 every semantics-preserving pass alone and the cleanup pipeline must match onnxruntime on the
 original to ``1e-5 + 1e-4·max|ref|``; exact passes after ``insert-qdq,calibrate`` must match
 the quantized model; every lossy pipeline must write a model that passes
-``onnx.checker(full_check=True)``, loads in onnxruntime and gives finite outputs. The oracle
-is ``tests/fuzz/oracle.py``. Prints, per pipeline, the counts of each outcome (ok, refused,
+``onnx.checker(full_check=True)``, loads and runs in onnxruntime (also with all its
+optimizations) and gives finite outputs. The oracle is ``tests/fuzz/oracle.py``. Each graph
+runs in a forked process: onnxruntime aborts the process on some models (a C++ assertion),
+which counts as a crash of the pipeline that was running (the graph's later pipelines are
+then not counted). Prints, per pipeline, the counts of each outcome (ok, refused,
 mismatch, invalid, nonfinite, crash), and saves the first failing graph of each
 (pipeline, outcome) under ``benchmarks/fuzz-failures/`` with a note on how to reproduce it.
 
@@ -20,6 +23,7 @@ are generator bugs, counted on their own line ("generator-invalid"), not finding
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -36,7 +40,7 @@ import onnx  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from fuzz.graphs import random_graph  # noqa: E402
-from fuzz.oracle import FAILURES, OUTCOMES, GeneratorError, all_pipelines, check, reference  # noqa: E402
+from fuzz.oracle import CLEANUP, FAILURES, OUTCOMES, GeneratorError, all_pipelines, check, reference  # noqa: E402
 
 FAILURE_DIR = ROOT / "benchmarks" / "fuzz-failures"
 
@@ -59,6 +63,10 @@ def fuzz_one(index: int, pipelines, report=lambda pipeline: None):
 
 
 def _child(conn, index, pipelines):
+    # passes' notes and onnxruntime's own logs would scroll the progress bar away
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     try:
         conn.send(("result", fuzz_one(index, pipelines, lambda p: conn.send(("running", p)))))
     finally:
@@ -109,7 +117,8 @@ def save_failure(index: int, pipeline: str, kind: str, detail: str) -> Path:
     onnx.save(graph.proto, str(path))
     path.with_suffix(".txt").write_text(
         f"pipeline: {pipeline}\noutcome: {kind}\ndetail: {detail}\ngraph: {graph.describe()}\n"
-        f"replay: python benchmarks/fuzz.py --graphs 1 --seed {index} --only '{pipeline}'\n")
+        f"replay: python benchmarks/fuzz.py --graphs 1 --seed {index} --only '{pipeline}'\n"
+        "(the .onnx beside this note is the graph itself, should the generator change)\n")
     return path
 
 
@@ -148,12 +157,15 @@ def main(argv=None) -> int:
         results.close()
     seconds = time.perf_counter() - start
 
-    width = max(len(p) for p, _ in pipelines)
+    def short(pipeline: str) -> str:
+        return pipeline.replace(CLEANUP, "cleanup")
+
+    width = max(len(short(p)) for p, _ in pipelines)
     print(f"\n{args.graphs} graphs (seeds {args.seed}..{args.seed + args.graphs - 1}) in {seconds:.0f} s "
-          f"with {args.jobs} job(s); generator-invalid: {generator_invalid}")
+          f"with {args.jobs} job(s); generator-invalid: {generator_invalid}; cleanup = {CLEANUP}")
     print(f"{'pipeline':<{width}}  " + "  ".join(f"{k:>9}" for k in OUTCOMES))
     for pipeline, _ in pipelines:
-        print(f"{pipeline:<{width}}  " + "  ".join(f"{counts[pipeline][k]:>9}" for k in OUTCOMES))
+        print(f"{short(pipeline):<{width}}  " + "  ".join(f"{counts[pipeline][k]:>9}" for k in OUTCOMES))
     failures = {key: value for key, value in first.items() if key[0] != "generator"}
     for (pipeline, kind), (index, detail) in sorted(failures.items()):
         print(f"first {kind} of '{pipeline}': graph {index}: {detail}")

@@ -38,13 +38,13 @@ def _expect_ok(graph, pipelines, exact: bool) -> None:
         assert outcome.kind in ("ok", "refused"), f"{pipeline}: {outcome.kind}: {outcome.detail}"
 
 
-@settings(max_examples=EXAMPLES or 120, **FUZZ)
+@settings(max_examples=EXAMPLES or 100, **FUZZ)
 @given(graph=graphs())
 def test_semantics_preserving_passes_match_onnxruntime(graph):
     _expect_ok(graph, exact_passes(), exact=True)
 
 
-@settings(max_examples=EXAMPLES or 80, **FUZZ)
+@settings(max_examples=EXAMPLES or 60, **FUZZ)
 @given(graph=graphs(), lossy=st.lists(st.sampled_from(LOSSY), min_size=1, max_size=2, unique=True),
        on_quantized=st.sampled_from(ON_QUANTIZED))
 def test_lossy_pipelines_write_loadable_finite_models(graph, lossy, on_quantized):
@@ -71,12 +71,14 @@ def test_generator_covers_every_family_and_opset_with_valid_graphs():
 
 
 def test_oracle_reports_a_changed_model_as_a_mismatch():
-    graph = next(g for g in map(random_graph, range(100)) if len(g.proto.graph.initializer) and not g.dynamic)
+    graph = next(g for g in map(random_graph, range(200))
+                 if any(n.op_type == "Conv" and n.input[1] in {i.name for i in g.proto.graph.initializer}
+                        for n in g.proto.graph.node))
     feeds = graph.feeds()
     expected = reference(graph, feeds)
     model = load(graph.proto)
-    name, value = next((k, v) for k, v in model.initializers().items() if v.values.dtype == np.float32)
-    value.values = value.values + 1.0  # a "pass" that changes a weight
+    conv = next(n for n in model.nodes("Conv") if n.inputs[1].name in model.initializers())
+    conv.inputs[1].values = conv.inputs[1].values + 1.0  # a "pass" that changes a weight
     assert judge(model, feeds, expected, exact=True).kind == "mismatch"
     assert judge(load(graph.proto), feeds, expected, exact=True).kind == "ok"
 

@@ -103,8 +103,9 @@ register_target(Target(
 ))
 # Qualcomm Hexagon NPU through onnxruntime-qnn's QNN execution provider (HTP backend; on x86
 # the HTP is simulated, graph preparation is real). Every op runs as a quantized unit: uint8
-# asymmetric activations, symmetric int8 per-channel weights, int32 biases; nothing absorbed
-# or left float (QNN rejects a Conv whose float output feeds a Relu at graph finalization).
+# asymmetric activations, symmetric int8 per-channel weights, int32 biases, nothing left in
+# float (QNN fails graph finalization on a Conv whose float output feeds a Relu): a Relu/Clip
+# after a quantized op is absorbed by its Q, and `finish` (drop-saturated-activations) removes it.
 _QNN_OPS = DEFAULT_QUANTIZED_OPS + (
     "Div", "Sub", "Softmax", "HardSwish", "Tanh", "Gelu", "LayerNormalization", "Sqrt", "ReduceMean",
     "ReduceSum", "ReduceMax", "ReduceMin", "Exp", "Max", "Min", "Pad", "GlobalMaxPool", "Pow", "Reciprocal",
@@ -123,8 +124,9 @@ register_target(Target(
     prepare=("static-shapes,constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,upgrade-opset{version=17},"
              "onehot-to-gather,fuse-layernorm,fuse-gelu,fuse-softmax,remove-expand,max-to-clip,fuse-hardswish,"
              "expand-hardsigmoid,div-to-mul,fold-constants,eliminate-dead-code"),
-    finish="drop-saturated-activations",
-    legalize="constants-to-initializers,remove-identity,drop-saturated-activations,eliminate-dead-code",
+    finish="drop-saturated-activations,share-table-qparams",
+    legalize="constants-to-initializers,remove-identity,drop-saturated-activations,share-table-qparams,"
+             "eliminate-dead-code",
     ort_providers=("QNNExecutionProvider",),
     static_shapes=True,
     install_hint='pip install "presso[npu]" (or pip install onnxruntime-qnn==2.7.0)',

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -98,17 +98,19 @@ def external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             yield tensor
 
 
-def write_external_data(stubs: Mapping[str, onnx.TensorProto], arrays: Mapping[str, np.ndarray],
+def write_external_data(stubs: Mapping[str, onnx.TensorProto], arrays: Iterable[tuple[str, np.ndarray]],
                         data_path: Path, location: str) -> None:
-    """Write ``arrays`` one by one into ``data_path`` and point each stub at its bytes.
+    """Write the ``(name, array)`` pairs one by one into ``data_path`` and point each stub at
+    its bytes.
 
-    ``stubs`` are the proto's tensors (by name) whose data is to be external; each array is
+    ``stubs`` are the proto's tensors (by name) whose data is to be external; ``arrays`` may be
+    a generator that makes each array when its turn comes. Each array is
     written at a page-aligned offset straight from its buffer (a mapped weight is read from
     disk page by page and released), so no second copy of the weights is ever held.
     """
     offset = 0
     with open(data_path, "wb") as handle:
-        for name, array in arrays.items():
+        for name, array in arrays:
             stub = stubs[name]
             padding = -offset % ALIGNMENT
             if padding:

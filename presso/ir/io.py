@@ -366,7 +366,7 @@ def _atomic_write_external(proto: onnx.ModelProto, weights: dict[str, np.ndarray
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         stubs = {t.name: t for t in proto.graph.initializer if t.name in weights}
-        write_external_data(stubs, weights, staging / data_name, data_name)
+        write_external_data(stubs, weights.items(), staging / data_name, data_name)
         with open(staging / path.name, "wb") as handle:
             handle.write(proto.SerializeToString())
             handle.flush()

@@ -685,26 +685,17 @@ class Builder:
             attrs["pads"] = pads
         if op == "AveragePool" and any(pads) and c.boolean():
             attrs["count_include_pad"] = 1
-        ceil = c.boolean(0.25)
-        out = []
-        for i, length in enumerate(spatial):
-            ek = dil[i] * (ks[i] - 1) + 1
-            total = length + pads[i] + pads[i + len(spatial)]
-            if total < ek:
-                return None
-            o = (total - ek) // strides[i] + 1
-            if ceil:
-                oc = -(-(total - ek) // strides[i]) + 1
-                if oc != o and (oc - 1) * strides[i] >= length + pads[i]:
-                    oc = o  # the last window would start in the padding: runtimes disagree, keep floor
-                    ceil = False
-                o = oc
-            out.append(o)
-        if ceil:
+        totals = [length + pads[i] + pads[i + len(spatial)] - (dil[i] * (ks[i] - 1) + 1)
+                  for i, length in enumerate(spatial)]
+        if min(totals) < 0:
+            return None
+        out = [t // st + 1 for t, st in zip(totals, strides)]
+        ceiled = [-(-t // st) + 1 for t, st in zip(totals, strides)]
+        # ceil_mode only where no last window starts in the end padding (runtimes disagree there)
+        if c.boolean(0.25) and all(o == f or (o - 1) * st < length + pads[i]
+                                   for i, (o, f, st, length) in enumerate(zip(ceiled, out, strides, spatial))):
             attrs["ceil_mode"] = 1
-        else:
-            out = [(length + pads[i] + pads[i + len(spatial)] - (dil[i] * (ks[i] - 1) + 1)) // strides[i] + 1
-                   for i, length in enumerate(spatial)]
+            out = ceiled
         return self.node(op, [x], [*s[:2], *out], **attrs)
 
     def softmax(self, x):
@@ -749,6 +740,46 @@ class Builder:
         else:
             attrs["axes"] = axes_values
         return self.node(op, inputs, out, **attrs)
+
+    def reduce_last(self, op: str, x) -> str:
+        """``op`` over the last axis, keepdims=1, in the form the opset wants."""
+        s = self.shapes[x]
+        out = [*s[:-1], 1]
+        if self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13):
+            return self.node(op, [x, self.ints([-1])], out, keepdims=1)
+        return self.node(op, [x], out, axes=[-1], keepdims=1)
+
+    def pattern(self, x):
+        """A decomposed op that a fusion pass looks for: GELU (erf form), HardSwish, layer
+        norm, softmax, Max/Min with a constant (Clip), Expand to the same shape."""
+        s, c = self.shapes[x], self.c
+        f32 = lambda v: self.const(np.array(v, np.float32))  # noqa: E731
+        kind = c.choice(["gelu", "hardswish", "layernorm", "softmax", "clip", "expand"])
+        if kind == "gelu":
+            inner = self.node("Erf", [self.node("Div", [x, f32(1.4142135)], s)], s)
+            half = self.node("Mul", [x, f32(0.5)], s)
+            return self.node("Mul", [half, self.node("Add", [inner, f32(1.0)], s)], s)
+        if kind == "hardswish":
+            return self.node("Mul", [x, self.node("HardSigmoid", [x], s, alpha=1 / 6, beta=0.5)], s)
+        if kind == "layernorm" and s[-1] != N:
+            mean = self.reduce_last("ReduceMean", x)
+            d = self.node("Sub", [x, mean], s)
+            square = self.node("Pow", [d, f32(2.0)], s) if c.boolean() else self.node("Mul", [d, d], s)
+            var = self.reduce_last("ReduceMean", square)
+            std = self.node("Sqrt", [self.node("Add", [var, f32(1e-5)], self.shapes[var])], self.shapes[var])
+            y = self.node("Div", [d, std], s)
+            y = self.node("Mul", [y, self.weight([s[-1]], positive=True)], s)
+            return self.node("Add", [y, self.weight([s[-1]], 0.3)], s)
+        if kind == "softmax":
+            shifted = self.node("Sub", [x, self.reduce_last("ReduceMax", x)], s)
+            e = self.node("Exp", [shifted], s)
+            return self.node("Div", [e, self.reduce_last("ReduceSum", e)], s)
+        if kind == "clip":
+            y = self.node("Max", [x, f32(c.choice([0.0, -1.0]))], s)
+            return self.node("Min", [y, f32(6.0)], s) if c.boolean() else y
+        if N in s:
+            return self.node("Expand", [x, self.node_shape_of(x)], s)
+        return self.node("Expand", [x, self.ints(list(s) if c.boolean() else [1] * len(s))], s)
 
     def if_node(self, x, pool):
         """``If`` whose branches read outer tensors (``x``, maybe another activation, an outer
@@ -852,7 +883,7 @@ def _value_info(name: str, shape, dtype=TensorProto.FLOAT) -> onnx.ValueInfoProt
 _FAMILIES = [
     ("conv", 4), ("conv_transpose", 1), ("batchnorm", 2), ("gemm", 2), ("matmul", 2), ("unary", 3),
     ("binary", 3), ("reshape", 2), ("transpose", 1), ("concat", 2), ("split", 1), ("slice", 1), ("pad", 1),
-    ("resize", 1), ("expand", 1), ("pool", 2), ("softmax", 1), ("layernorm", 1), ("reduce", 1), ("if_node", 2),
+    ("resize", 1), ("expand", 1), ("pool", 2), ("softmax", 1), ("layernorm", 1), ("reduce", 1), ("if_node", 2), ("pattern", 2),
 ]
 _WITH_POOL = {"binary", "concat", "split", "if_node"}
 _FOLDABLE = {"conv", "conv_transpose", "gemm", "matmul"}

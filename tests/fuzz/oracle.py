@@ -5,12 +5,17 @@ Independent of the code under test: the original proto runs in its own onnxrunti
 with ``onnx.checker.check_model(full_check=True)`` and run in a fresh session. Presso's own
 verification stays off, so a bug in it cannot hide a bug in a pass.
 
+Exact passes are compared with the original (or, after a ``prefix | `` such as
+``insert-qdq,calibrate | fold-qdq``, with the model the prefix wrote) to ``atol + rtol·max|ref|``.
+A lossy pipeline's model must also run under onnxruntime's default (all) optimizations, as
+deployed, e.g. on its int8 kernels, with finite outputs.
+
 Outcomes (:data:`OUTCOMES`): ``ok``; ``refused`` (the pass raised a PressoError on purpose,
-e.g. "needs static shapes"); ``mismatch`` (an exact pass changed the outputs beyond
-``atol + rtol·max|ref|``, or renamed/reshaped them); ``invalid`` (the written model fails the
-checker or onnxruntime will not load it); ``nonfinite`` (a lossy pipeline made non-finite
-outputs from finite ones); ``crash`` (any other exception, including a pass's internal error
-that the pass manager wrapped).
+e.g. "needs static shapes"); ``mismatch`` (an exact pass changed the outputs beyond the
+tolerance, or renamed/reshaped them); ``invalid`` (the written model fails the checker, or
+onnxruntime will not load or run it); ``nonfinite`` (a lossy pipeline made non-finite outputs
+from finite ones); ``crash`` (any other exception, including a pass's internal error that the
+pass manager wrapped).
 """
 
 from __future__ import annotations

@@ -140,3 +140,32 @@ def test_an_initializer_that_is_also_a_graph_input_stays_an_input():
     written = model.to_proto()
     assert [i.name for i in written.graph.input] == ["x", "w"]
     np.testing.assert_allclose(reference(written, feeds)["y"], reference(proto, feeds)["y"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tail", ["maxpool", "reshape-softmax"])
+def test_int8_activations_at_opset_21_load_under_onnxruntime_optimizations(tail):
+    """At opset 21 with int8 activations (int8-symmetric), a DQ that feeds a MaxPool/Reshape/…
+    whose output stays float (graph output, Softmax) made a model onnxruntime will not load with
+    its default optimizations: it copies the DQ forward and the Q it adds fails its type check
+    ("output_dtype INT8 does not match y_zero_point type UINT8"). Fuzzed graph 10129 (opset 21:
+    … → BatchNormalization → BatchNormalization → MaxPool → output)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+    if tail == "maxpool":
+        nodes.append(helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2]))
+        out = vi("y", [1, 4, 4, 4])
+    else:
+        nodes += [helper.make_node("Reshape", ["c", "flat"], ["r"]),
+                  helper.make_node("Softmax", ["r"], ["y"], axis=-1)]
+        out = vi("y", [1, 100])
+    inits = [init("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+             init("flat", np.array([1, -1], np.int64))]
+    proto = make_proto(nodes, [vi("x", [1, 3, 5, 5])], [out], inits, opset=21)
+    data = [{"x": rng.standard_normal((1, 3, 5, 5)).astype(np.float32)} for _ in range(4)]
+    model = load(proto)
+    PassManager.parse("insert-qdq{scheme=int8-symmetric},calibrate,fold-qdq").run(model, data=data, progress=False)
+    quantized = model.to_proto()
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    y = _optimized_session(quantized).run(None, data[0])[0]  # failed to load before the fix
+    want = reference(proto, data[0])["y"]
+    assert y.shape == want.shape and np.abs(y - want).max() < 0.1 * np.abs(want).max() + 0.02

@@ -208,7 +208,7 @@ def _parse_verdicts(log: str, error: str | None) -> QnnSupport:
         else:
             result.rejected += 1
         if verdict != "PASSED" and reported:
-            why = (reason or "rejected by QNN").rstrip(".")
+            why = re.sub(r"EP\.(?=[A-Z])", "EP; ", (reason or "rejected by QNN").rstrip("."))
             detail = validate_codes.get(name)
             if detail and detail not in why:
                 why = f"{why} ({detail})"

@@ -77,9 +77,12 @@ def compile_qnn(model: Model, target: Target, *, shapes: Mapping[str, Sequence[i
             raise BackendError(f"QNN could not compile the model: {str(exc).strip().splitlines()[0]}",
                                hint="run `presso inspect MODEL --target qnn-htp` for QNN's per-node verdicts") from exc
         compile_s = time.perf_counter() - start
-        if not ctx_path.is_file():
+        if ctx_path.is_file():
+            context = onnx.load(str(ctx_path))
+        elif allow_fallback:
+            context = proto  # QNN took no partition (e.g. only Q/DQ around rejected ops): all on the CPU
+        else:
             raise BackendError("onnxruntime wrote no EPContext model", hint="check the onnxruntime-qnn version (2.7)")
-        context = onnx.load(str(ctx_path))
     binary = sum(len(a.s) for n in context.graph.node if n.op_type == "EPContext"
                  for a in n.attribute if a.name == "ep_cache_context")
     from .backend import tensor_specs

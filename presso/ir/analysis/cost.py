@@ -89,7 +89,12 @@ def node_macs(node: gs.Node, infos: dict[str, TensorInfo]) -> int | None:
             return None
         k = a[0] if node.attrs.get("transA", 0) else a[1]
         return int(out[0] * out[1] * k)
-    if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "MatMulNBits"):
+    if op == "MatMulNBits":  # a contrib op: no ONNX shape inference, but K and N are attributes
+        a = _shape_of(node.inputs[0], infos)
+        if a is None or "K" not in node.attrs or "N" not in node.attrs:
+            return None
+        return int(np.prod(a[:-1], dtype=np.int64) * node.attrs["K"] * node.attrs["N"])
+    if op in ("MatMul", "MatMulInteger", "QLinearMatMul"):
         a = _shape_of(node.inputs[0], infos)
         if out is None or a is None:
             return None
@@ -133,7 +138,7 @@ def compute_cost(model: Model) -> CostReport:
         nodes = walker.graph_costs(model.graph)
         param_tensors = {id(t): t for t in model.initializers().values()}
         param_tensors.update(walker.body_constants)
-        all_params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in param_tensors.values())
+        all_params = sum(n.params for n in nodes)  # logical counts: packed int4 blocks count K × N
         param_bytes = sum(t.values.nbytes for t in param_tensors.values())
         # Exporters such as Paddle2ONNX keep weights in Constant nodes: count those too.
         for node in [*model.graph.nodes, *walker.body_graph_nodes]:
@@ -186,10 +191,13 @@ class _CostWalker:
             params = 0
         if flops is None:
             self.unknown.append(node.name)
-        for t in node.inputs:
+        for index, t in enumerate(node.inputs):
             if isinstance(t, gs.Constant) and t.values is not None and t.shape and id(t) not in self.counted:
                 self.counted.add(id(t))
-                params += int(np.prod(t.shape, dtype=np.int64))
+                if node.op == "MatMulNBits" and index == 1:  # packed blocks hold K × N weights
+                    params += int(node.attrs.get("K", 0) * node.attrs.get("N", 0))
+                elif not (node.op == "MatMulNBits" and index > 1):  # scales, zero points
+                    params += int(np.prod(t.shape, dtype=np.int64))
         out_bytes = 0
         for t in node.outputs:
             info = self.infos.get(t.name)

@@ -76,7 +76,9 @@ class OneHotToGather(Pass):
         out_shape = _shape(infos, matmul.outputs[0])
         if not (_static(idx_shape) and _static(out_shape)) or idx_shape[-1] != 1:
             return False
-        idx_dtype = np.dtype(indices.dtype) if indices.dtype is not None else None
+        info = infos.get(indices.name)
+        dtype = indices.dtype if indices.dtype is not None else (info.dtype if info is not None else None)
+        idx_dtype = np.dtype(dtype) if dtype is not None else None
         if idx_dtype is None or idx_dtype.kind not in "iu":
             return False
         table = add_initializer(model, f"{matmul.name}_table", weight)

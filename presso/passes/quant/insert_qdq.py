@@ -236,6 +236,7 @@ class _Plan:
         self.groups = _UnionFind()
         self.biases: list[tuple[gs.Node, gs.Constant]] = []
         self.propagated: list[gs.Node] = []
+        self.subgraph_reads = _subgraph_reads(model.graph)
 
     # ---- deciding -------------------------------------------------------------------------
     def _is_float(self, tensor: gs.Tensor) -> bool:
@@ -356,11 +357,21 @@ class _Plan:
         for node in reversed(self.propagated):
             x = node.inputs[0]
             useless = all(not self._feeds_quantized(o) for o in node.outputs if o.name in self.role)
-            if useless:
+            if useless and not self._ort_would_requantize(node):
                 for o in node.outputs:
                     self.role.pop(o.name, None)
                     self.all_consumers.discard(o.name)
                 self.consumers[x.name] = [c for c in self.consumers.get(x.name, []) if c is not node]
+
+    def _ort_would_requantize(self, node: gs.Node) -> bool:
+        """onnxruntime (extended optimizations and up) copies a DQ forward through ``node`` and
+        puts a Q after it; at opset ≥ 21 with signed zero points that Q fails its own type check
+        ("output_dtype INT8 does not match y_zero_point type UINT8", onnxruntime 1.32), so the
+        model does not load. Keeping the pair after ``node`` (exact: these ops only move grid
+        values) leaves it nothing to copy."""
+        return (node.op in _ORT_DQ_PROPAGATING and self.model.opset >= 21
+                and self.scheme.activations.dtype.startswith("int")
+                and not any(o.name in self.subgraph_reads for o in node.outputs))
 
     def _feeds_quantized(self, tensor: gs.Tensor) -> bool:
         return bool(self.consumers.get(tensor.name)) and tensor.name in self.role

@@ -15,14 +15,17 @@ from ...ir.edit import add_initializer, add_node, replace_all_uses
 from ...ir.external import release
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
+from .weight_only_ops import add_gemm_bias, gemm_as_matmul_weight, quantize_gather
 
 MS_DOMAIN = "com.microsoft"
 
 
 @register_pass("quantize-weights")
 class QuantizeWeights(Pass):
-    """Quantize the constant 2-D weight of every MatMul to ``bits``-bit blocks of ``block`` values
-    along K, and replace the MatMul by onnxruntime's ``com.microsoft.MatMulNBits``.
+    """Quantize the constant 2-D weight of every MatMul (and Gemm) to ``bits``-bit blocks of
+    ``block`` values along K, and replace the node by onnxruntime's ``com.microsoft.MatMulNBits``;
+    with ``bits=4``, embedding tables read by Gather become ``GatherBlockQuantized`` (see
+    :mod:`.weight_only_ops`). ``ops`` chooses among MatMul, Gemm and Gather.
 
     Packing and rounding use onnxruntime's own kernels (``quantize_matmul_4bits``/``8bits``), so
     the stored blocks are exactly what its quantizer writes. ``symmetric=true`` (default) stores
@@ -38,6 +41,7 @@ class QuantizeWeights(Pass):
     min_size: int = 0
     exclude: list[str] | None = None
     accuracy_level: int = 0
+    ops: list[str] = ["MatMul", "Gemm", "Gather"]
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         import re
@@ -46,12 +50,14 @@ class QuantizeWeights(Pass):
 
         kernel = quantize_matmul_4bits if self.bits == 4 else quantize_matmul_8bits
         patterns = [re.compile(p) for p in self.exclude or []]
-        done, float_bytes, packed_bytes = 0, 0, 0
-        for node in model.nodes("MatMul"):
+        done, gathers, float_bytes, packed_bytes = 0, 0, 0, 0
+        for node in model.nodes(*({"MatMul", "Gemm"} & set(self.ops))):
             w = node.inputs[1]
             if not isinstance(w, gs.Constant) or any(p.fullmatch(node.name) for p in patterns):
                 continue
-            values = np.asarray(w.values)
+            values = np.asarray(w.values) if node.op == "MatMul" else gemm_as_matmul_weight(node)
+            if values is None:
+                continue
             if values.ndim != 2 or values.dtype != np.float32 or values.size < max(self.min_size, 1):
                 continue
             k, n = values.shape
@@ -69,13 +75,24 @@ class QuantizeWeights(Pass):
             attrs = {"K": k, "N": n, "bits": self.bits, "block_size": self.block, "accuracy_level": self.accuracy_level}
             new = add_node(model, "MatMulNBits", inputs, name=f"{node.name}_nbits", attrs=attrs, domain=MS_DOMAIN,
                            dtype=node.outputs[0].dtype, shape=node.outputs[0].shape)
-            replace_all_uses(model, node.outputs[0], new.outputs[0])
-            node.outputs.clear()
+            if node.op == "Gemm":
+                add_gemm_bias(model, node, new)
+            else:
+                replace_all_uses(model, node.outputs[0], new.outputs[0])
+                node.outputs.clear()
             release(values)  # a weight mapped from external data leaves memory once it is packed
             float_bytes += values.nbytes
             packed_bytes += sum(np.asarray(t.values).nbytes for t in inputs[1:])
             done += 1
-        if done:
+        if self.bits == 4 and "Gather" in self.ops:
+            for node in model.nodes("Gather"):
+                if any(p.fullmatch(node.name) for p in patterns):
+                    continue
+                sizes = quantize_gather(model, node, self.block)
+                if sizes:
+                    float_bytes, packed_bytes, gathers = float_bytes + sizes[0], packed_bytes + sizes[1], gathers + 1
+        if done or gathers:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         ratio = packed_bytes / float_bytes if float_bytes else 1.0
-        return PassResult(changed=bool(done), stats={"matmuls": done, "weight_bytes_ratio": round(ratio, 4)})
+        return PassResult(changed=bool(done or gathers),
+                          stats={"matmuls": done, "gathers": gathers, "weight_bytes_ratio": round(ratio, 4)})

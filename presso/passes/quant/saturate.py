@@ -1,5 +1,6 @@
-"""`drop-saturated-activations`: remove a Relu/Clip whose every reader is a QuantizeLinear that
-saturates at the same bounds."""
+"""Integer-form cleanups for engines that run every op as a quantized unit (the QNN HTP):
+`drop-saturated-activations` removes a Relu/Clip that the following QuantizeLinear clamps
+anyway; `share-table-qparams` lets an embedding Gather keep its table's grid."""
 
 from __future__ import annotations
 
@@ -75,4 +76,43 @@ class DropSaturatedActivations(Pass):
         return True
 
 
-__all__ = ["DropSaturatedActivations"]
+
+@register_pass("share-table-qparams")
+class ShareTableQParams(Pass):
+    """Give a ``Gather`` from a quantized constant table (an embedding) the table's own scale
+    and zero point on its output, so the lookup moves integers without requantizing.
+
+    The gathered values are table entries, so the table's grid holds them exactly; the QNN
+    HTP needs it (a Gather whose output encoding differs from its table's fails graph
+    finalization when calibration saw only part of the table). Needs: a per-tensor
+    DequantizeLinear of an integer constant feeding the Gather, and only QuantizeLinear
+    readers of its output. Lossy with respect to the calibrated output range (it keeps more
+    precision, never less, when calibration saw the whole table).
+    """
+
+    preserves_semantics = False
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        shared = 0
+        for gather in model.nodes("Gather"):
+            dq = gather.inputs[0].inputs[0] if gather.inputs[0].inputs else None
+            params = qparams(dq) if dq is not None and dq.op == "DequantizeLinear" else None
+            if params is None or params.axis is not None or params.implicit_zero \
+                    or getattr(dq.inputs[0], "values", None) is None:
+                continue
+            readers = gather.outputs[0].outputs
+            if not readers or any(q.op != "QuantizeLinear" or qparams(q) is None for q in readers):
+                continue
+            if any(qparams(q).dtype != params.dtype for q in readers):
+                continue
+            for q in readers:
+                q.inputs[1] = params.scale
+                q.inputs[2] = params.zero_point
+            shared += 1
+        if shared:
+            model.graph.cleanup(remove_unused_graph_inputs=False)
+            model.invalidate()
+        return PassResult(changed=bool(shared), stats={"shared": shared})
+
+
+__all__ = ["DropSaturatedActivations", "ShareTableQParams"]

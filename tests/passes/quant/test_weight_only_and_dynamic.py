@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from _graphs import init, make_proto, rand, reference, vi
+from onnx import helper
 from quant_graphs import matmul_net
-from presso.ir import evaluate
+from presso.ir import evaluate, load
 from presso.passes import PassManager
 from presso.passes.verify import compare_outputs
 
@@ -52,3 +54,31 @@ def test_quantize_dynamic_gemm_with_transposed_weight_and_bias():
     expected = 0.5 * data["x"] @ w.T + 2.0 * b
     PassManager.parse("quantize-dynamic{per_channel=false}").run(model)
     np.testing.assert_allclose(evaluate(model, data)["y"], expected, atol=0.1)
+
+
+def test_quantize_weights_replaces_gemm_and_embedding_gather():
+    # ids → Gather(table) → Gemm(transB, alpha, beta, bias): both become 4-bit onnxruntime kernels
+    table = rand((50, 64), seed=1)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Gemm", ["e", "w", "b"], ["y"], name="fc", transB=1, alpha=0.5, beta=2.0)]
+    proto = make_proto(nodes, [vi("ids", [4], np.int64)], [vi("y", [4, 16])],
+                       [init("table", table), init("w", rand((16, 64), seed=2)), init("b", rand((16,), seed=3))])
+    feeds = {"ids": np.array([0, 7, 49, 3], np.int64)}
+    expected = reference(proto, feeds)["y"]
+    model = load(proto)
+    stats = PassManager.parse("quantize-weights{bits=4,block=32}").run(model).records[0].result.stats
+    assert (stats["matmuls"], stats["gathers"]) == (1, 1)
+    assert {"GatherBlockQuantized", "MatMulNBits", "Add"} <= {n.op for n in model.graph.nodes}
+    assert not model.nodes("Gemm") and not model.nodes("Gather")
+    got = evaluate(model, feeds)["y"]
+    # two 4-bit roundings (table and weight) in blocks of 32: SQNR well above 15 dB
+    sqnr = 10 * np.log10(np.sum(expected**2) / np.sum((got - expected) ** 2))
+    assert sqnr > 15, sqnr
+    # the gathered rows are the table rounded the way onnxruntime's own quantizer rounds it
+    blocks = table.reshape(50, 2, 32)
+    high, low = blocks.max(-1, keepdims=True), blocks.min(-1, keepdims=True)
+    scale = np.where(np.abs(high) > np.abs(low), high, low) / -8.0
+    dequantized = (np.clip(np.round(blocks / scale), -8, 7) * scale).reshape(50, 64)
+    gathered = model.nodes("GatherBlockQuantized")[0].outputs[0].name
+    rows = evaluate(model, feeds, [gathered])[gathered]
+    np.testing.assert_allclose(rows, dequantized[feeds["ids"]], rtol=1e-6, atol=1e-7)
