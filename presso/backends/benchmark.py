@@ -123,7 +123,11 @@ def _subject(item: Any, index: int, shapes: Mapping[str, Sequence[int]] | None) 
         path = Path(item)
         if path.is_dir():
             artifact = load_artifact(path)
-            if artifact.backend == "onnxruntime":
+            if artifact.backend == "onnxruntime" and "qnn" in artifact.manifest:
+                # an EPContext model runs on the QNN HTP only (Artifact.run, fallback off)
+                model_file = path / artifact.manifest.get("files", {}).get("model", "model.onnx")
+                subject = _Subject(path.name, None, artifact=artifact, size_bytes=_file_size(model_file))
+            elif artifact.backend == "onnxruntime":
                 model_file = path / artifact.manifest.get("files", {}).get("model", "model.onnx")
                 subject = _Subject(path.name, load(model_file), artifact=artifact, size_bytes=_file_size(model_file))
             else:  # a compiled library: what ships is every file of the folder but the manifest

@@ -52,13 +52,15 @@ def has_bodies(graph: gs.Graph) -> bool:
 
 
 def outer_reads(body: gs.Graph) -> set[str]:
-    """Names that ``body`` (or a body nested in it) reads from enclosing graphs."""
+    """Names that ``body`` (or a body nested in it) reads without producing them: values of
+    enclosing graphs, and constants (graphsurgeon does not tell an outer weight from the
+    body's own initializer)."""
     defined = {t.name for t in body.inputs}
     for node in body.nodes:
         defined.update(t.name for t in node.outputs)
     read: set[str] = set()
     for node in body.nodes:
-        read.update(t.name for t in node.inputs if t.name and not isinstance(t, gs.Constant))
+        read.update(t.name for t in node.inputs if t.name)
         for inner in node_bodies(node):
             read |= outer_reads(inner.graph)
     read.update(t.name for t in body.outputs)

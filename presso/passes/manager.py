@@ -71,9 +71,21 @@ class PipelineReport:
                 f"{r.nodes_before} → {r.nodes_after}",
                 "yes" if r.changed else "no",
                 _format_error(err),
-                ", ".join(f"{k}={_short(v)}" for k, v in r.result.stats.items() if not isinstance(v, (dict, list)))[:60],
+                _stats_cell(r.result.stats),
             ])
         return format_table(["pass", "time", "nodes", "changed", "error vs input", "stats"], rows)
+
+
+def _stats_cell(stats: dict[str, Any], width: int = 60) -> str:
+    """The scalar stats as ``key=value`` items, whole items only, ``…`` when some do not fit."""
+    items = [f"{k}={_short(v)}" for k, v in stats.items() if not isinstance(v, (dict, list))]
+    text = ""
+    for index, item in enumerate(items):
+        candidate = f"{text}, {item}" if text else item
+        if len(candidate) > width and text:
+            return text + f", … (+{len(items) - index})"
+        text = candidate
+    return text
 
 
 def _short(value: Any) -> str:

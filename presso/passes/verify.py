@@ -1,6 +1,7 @@
 """Numeric comparison of model outputs: the metrics every verification and ``presso bench``
-reports (max and mean abs error, SQNR, cosine, max relative error, top-1 agreement), a
-per-output tolerance check, and ``onnx.checker`` without weight data. Reads outputs only.
+reports (max and mean abs error, SQNR, cosine, max relative error, top-1 agreement), the
+nearest-neighbour agreement of embeddings, a per-output tolerance check, and ``onnx.checker``
+without weight data. Reads outputs only.
 """
 
 from __future__ import annotations
@@ -95,6 +96,27 @@ def top1_agreement(pairs: Iterable[OutputPair]) -> float | None:
             hits += int(np.sum(np.argmax(ref_value, axis=-1) == np.argmax(np.asarray(cand_value), axis=-1)))
             total += int(np.prod(ref_value.shape[:-1]))
     return hits / total if total else None
+
+
+def nn_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Nearest-neighbour agreement of two embeddings of the same N items ([N, D] each, N ≥ 2).
+
+    For every item, its nearest other item by cosine similarity under ``ref`` and under
+    ``cand``; the result is the share of items for which the two are the same item. This is
+    what a retrieval user sees change when the embedding model is compressed.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    cand = np.asarray(cand, dtype=np.float64)
+    if ref.shape != cand.shape or ref.ndim != 2 or ref.shape[0] < 2:
+        raise ValueError(f"nn_agreement needs two [N ≥ 2, D] arrays of one shape, got {ref.shape} and {cand.shape}")
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        similarity = x @ x.T
+        np.fill_diagonal(similarity, -np.inf)  # an item is not its own neighbour
+        return np.argmax(similarity, axis=1)
+
+    return float(np.mean(nearest(ref) == nearest(cand)))
 
 
 def within_tolerance(reference: Sequence[Outputs], candidate: Sequence[Outputs], *,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from pathlib import Path
 
 from ..backends import available_targets, compile, get_target
 from ..ir.errors import PressoError
@@ -77,8 +79,14 @@ def run(args: argparse.Namespace) -> int:
             raise PressoError(f"{flag} is a tvm option, not {args.backend}'s", hint="add --backend tvm")
     if args.backend != "onnxruntime" and (args.data or args.threads or args.no_select_form):
         raise PressoError(f"--data, --threads and --no-select-form are onnxruntime options, not {args.backend}'s")
-    artifact = compile(model, target=target, backend=args.backend, **options)
-    folder = artifact.save(args.output)
+    fresh = not Path(args.output).exists()
+    try:
+        artifact = compile(model, target=target, backend=args.backend, **options)
+        folder = artifact.save(args.output)
+    except BaseException:
+        if fresh:  # a failed compile leaves nothing behind (an existing folder keeps its tuning records)
+            shutil.rmtree(args.output, ignore_errors=True)
+        raise
     if args.json:
         json.dump(artifact.manifest, sys.stdout, indent=2, default=str)
         print()

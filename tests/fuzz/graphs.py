@@ -756,7 +756,13 @@ class Builder:
         f32 = lambda v: self.const(np.array(v, np.float32))  # noqa: E731
         kind = c.choice(["gelu", "hardswish", "layernorm", "softmax", "clip", "expand"])
         if kind == "gelu":
-            inner = self.node("Erf", [self.node("Div", [x, f32(1.4142135)], s)], s)
+            if c.boolean():  # erf form
+                inner = self.node("Erf", [self.node("Div", [x, f32(1.4142135)], s)], s)
+            else:  # tanh approximation
+                cube = self.node("Pow", [x, f32(3.0)], s) if c.boolean() else \
+                    self.node("Mul", [self.node("Mul", [x, x], s), x], s)
+                poly = self.node("Add", [x, self.node("Mul", [cube, f32(0.044715)], s)], s)
+                inner = self.node("Tanh", [self.node("Mul", [poly, f32(0.7978846)], s)], s)
             half = self.node("Mul", [x, f32(0.5)], s)
             return self.node("Mul", [half, self.node("Add", [inner, f32(1.0)], s)], s)
         if kind == "hardswish":
@@ -767,7 +773,13 @@ class Builder:
             square = self.node("Pow", [d, f32(2.0)], s) if c.boolean() else self.node("Mul", [d, d], s)
             var = self.reduce_last("ReduceMean", square)
             std = self.node("Sqrt", [self.node("Add", [var, f32(1e-5)], self.shapes[var])], self.shapes[var])
-            y = self.node("Div", [d, std], s)
+            how = c.choice(["div", "reciprocal", "one_over"])
+            if how == "div":
+                y = self.node("Div", [d, std], s)
+            elif how == "reciprocal":
+                y = self.node("Mul", [d, self.node("Reciprocal", [std], self.shapes[std])], s)
+            else:
+                y = self.node("Mul", [d, self.node("Div", [f32(1.0), std], self.shapes[std])], s)
             y = self.node("Mul", [y, self.weight([s[-1]], positive=True)], s)
             return self.node("Add", [y, self.weight([s[-1]], 0.3)], s)
         if kind == "softmax":

@@ -59,11 +59,14 @@ ON_QUANTIZED = (
 
 
 def exact_passes() -> list[str]:
-    """Every registered semantics-preserving pass alone, then the cleanup pipeline."""
+    """Every registered semantics-preserving pass alone, a few with options, the cleanup
+    pipeline, and every one of them in one pipeline."""
     from presso.passes.registry import available_passes
 
     alone = [name for name, cls in available_passes().items() if cls.preserves_semantics]
-    return alone + ["upgrade-opset{version=21}", "fold-batchnorm{standalone=false}", CLEANUP]
+    # then all of them in one pipeline after the cleanup ones (fusions match initializers)
+    everything = CLEANUP + "," + ",".join(p for p in alone if p not in CLEANUP.split(","))
+    return alone + ["upgrade-opset{version=21}", "fold-batchnorm{standalone=false}", CLEANUP, everything]
 
 
 def all_pipelines() -> list[tuple[str, bool]]:

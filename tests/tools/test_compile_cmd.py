@@ -52,3 +52,19 @@ def test_list_targets(capsys):
     printed = capsys.readouterr().out
     for name in ("cpu-x86", "cpu-arm64", "int8-symmetric", "cuda"):
         assert name in printed
+
+
+def test_a_failed_compile_leaves_no_output_folder(tmp_path, capsys):
+    # valid ONNX that onnxruntime has no kernel for (a batch-wise LSTM): the backend refuses it
+    rng = np.random.default_rng(0)
+    lstm = helper.make_node("LSTM", ["x", "w", "r"], ["", "h"], name="lstm", hidden_size=2, layout=1)
+    graph = helper.make_graph([lstm], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, 2])],
+                              [onnx.numpy_helper.from_array(rng.standard_normal((1, 8, 4)).astype(np.float32), "w"),
+                               onnx.numpy_helper.from_array(rng.standard_normal((1, 8, 2)).astype(np.float32), "r")])
+    path = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    out = tmp_path / "build"
+    assert main(["compile", str(path), "--target", "cpu-x86", "--backend", "onnxruntime", "-o", str(out)]) != 0
+    assert "lstm" in capsys.readouterr().err.lower()
+    assert not out.exists()

@@ -192,7 +192,7 @@ class _CostWalker:
         if flops is None:
             self.unknown.append(node.name)
         for index, t in enumerate(node.inputs):
-            if isinstance(t, gs.Constant) and t.values is not None and t.shape and id(t) not in self.counted:
+            if isinstance(t, gs.Constant) and t.values is not None and t.shape is not None and id(t) not in self.counted:
                 self.counted.add(id(t))
                 if node.op == "MatMulNBits" and index == 1:  # packed blocks hold K × N weights
                     params += int(node.attrs.get("K", 0) * node.attrs.get("N", 0))
@@ -212,7 +212,7 @@ class _CostWalker:
         params = 0
         for body in branches:
             for t in body.graph.tensors().values():
-                if isinstance(t, gs.Constant) and t.values is not None and t.shape:
+                if isinstance(t, gs.Constant) and t.values is not None and t.shape is not None:
                     self.body_constants.setdefault(id(t), t)
             costs = self.graph_costs(body.graph, in_body=True)
             params += sum(c.params for c in costs)

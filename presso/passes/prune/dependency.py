@@ -56,6 +56,7 @@ import onnx_graphsurgeon as gs
 from ...ir import Model
 from ...ir.analysis.graphview import topological_nodes
 from ...ir.analysis.shapes import infer_tensor_infos
+from ...ir.subgraphs import nodes_reading_in_bodies
 from ...ir.table import format_table
 
 FIXED = -1  # a position that no pruning may remove
@@ -332,7 +333,7 @@ class _Builder:
             m = self.maps.get(out.name)
             if m is not None:
                 self.pin(m.ids, f"reaches graph output '{out.name}'")
-        for name, node in _read_by_subgraphs(self.model.graph.nodes).items():
+        for name, node in nodes_reading_in_bodies(self.model.graph).items():
             m = self.maps.get(name)
             if m is not None:  # If/Loop/Scan bodies read outer tensors without listing them as inputs
                 self.pin(m.ids, f"read inside the subgraph of {node.op} node '{node_label(node)}'")
@@ -964,29 +965,6 @@ def _concat_entry(target: gs.Tensor, position: int, shape_of) -> tuple[list[gs.N
             return [concat, *reversed(chain)], i, position - offset
         offset += shape[0]
     return None
-
-
-def _read_by_subgraphs(nodes) -> dict[str, gs.Node]:
-    """Names of tensors read inside subgraph attributes, with the outermost node that holds them."""
-    found: dict[str, gs.Node] = {}
-
-    def subgraphs(node: gs.Node):
-        for value in node.attrs.values():
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, gs.Graph):
-                    yield item
-
-    def walk(graph: gs.Graph, owner: gs.Node) -> None:
-        for inner in graph.nodes:
-            for t in inner.inputs:
-                found.setdefault(t.name, owner)
-            for sub in subgraphs(inner):
-                walk(sub, owner)
-
-    for node in nodes:
-        for sub in subgraphs(node):
-            walk(sub, node)
-    return found
 
 
 _RULES = {

@@ -75,6 +75,23 @@ def _dq_reaches_subgraph(readers: list[gs.Node], reads: set[str]) -> bool:
     return False
 
 
+def _read_dilated_pools_in_float(model: Model) -> int:
+    """An AveragePool with dilations (opset ≥ 19) reads the float tensor before its input's
+    Q/DQ pair: onnxruntime fuses DQ → AveragePool → Q into QLinearAveragePool, which has no
+    ``dilations`` attribute, and then refuses the whole model ("Unrecognized attribute:
+    dilations", onnxruntime 1.32). Returns how many pools were rewired."""
+    rewired = 0
+    for node in model.nodes("AveragePool"):
+        if not any(int(d) != 1 for d in node.attrs.get("dilations", [])):
+            continue
+        dq = producer(node.inputs[0])
+        q = producer(dq.inputs[0]) if dq is not None and dq.op == "DequantizeLinear" else None
+        if q is not None and q.op == "QuantizeLinear":
+            node.inputs[0] = q.inputs[0]  # graphsurgeon keeps the use lists in step
+            rewired += 1
+    return rewired
+
+
 def _in_float_math(node: gs.Node) -> bool:
     """True when an Add/Mul reads from or feeds float arithmetic (see _FLOAT_MATH_OPS)."""
     neighbours = [c for t in node.outputs for c in t.outputs]
@@ -168,6 +185,8 @@ class InsertQDQ(Pass):
         plan = _Plan(model, scheme, self.quantize_outputs)
         plan.build()
         inserted = plan.insert()
+        if _read_dilated_pools_in_float(model):
+            model.graph.cleanup(remove_unused_graph_inputs=False)
         stats = {"activations": inserted["act"], "weights": inserted["weight"], "constants": inserted["const"],
                  "biases": inserted["bias"], "opset": model.opset, **prepared}
         in_bodies = quantizable_in_bodies(model, scheme)
