@@ -7,7 +7,7 @@ demo:
 	$(PYTHON) -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/presso demo
 
 test:
-	$(PYTHON) -m venv .venv && .venv/bin/pip install -e ".[dev,train,tvm]" && .venv/bin/python -m pytest
+	$(PYTHON) -m venv .venv && .venv/bin/pip install -e ".[dev,train,tvm,npu]" && .venv/bin/python -m pytest
 
 test-slow:
 	.venv/bin/python -m pytest -m slow

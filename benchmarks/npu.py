@@ -19,6 +19,7 @@ Agreement: magika and cls top-1 label equal to the float model's; det: IoU of th
 
     python benchmarks/npu.py --models cls --cls 32
     python benchmarks/npu.py --magika 300 --cls 200 --det 20 --json npu.json
+    python benchmarks/npu.py --light     # the onnx package's light models: fully on the HTP or why not
 """
 
 from __future__ import annotations
@@ -141,6 +142,38 @@ def ort_row(name, model_path, input_name, calib, feeds, reference, shape, workdi
     return row
 
 
+def light_models(samples: int = 2) -> dict:
+    """Every light model of the onnx package's backend test data: quantized for qnn-htp on
+    random inputs (structure, not accuracy), then QNN's verdict: fully on the HTP or why not."""
+    import presso
+    from presso.backends.onnxruntime.qnn import qnn_support
+    from presso.ir import random_feeds
+    from presso.tools import zoo
+
+    results = {}
+    for name, path in zoo.iter_light_models():
+        start = time.perf_counter()
+        try:
+            model = presso.load(path)
+            feeds = random_feeds(model, samples, seed=0)
+            q = presso.quantize(model, feeds, target="qnn-htp", method="minmax", bias_correction=False,
+                                progress=False)
+            support = qnn_support(q.to_proto())
+            reasons = sorted({f"{v.op}: {v.reason}" for v in support.unsupported})
+            results[name] = {"fully_on_npu": support.ok, "nodes_on_npu": f"{len(support.supported)}/{support.total}",
+                             "why_not": reasons or ([support.error] if support.error else [])}
+        except Exception as exc:  # a model Presso cannot quantize is a result too
+            results[name] = {"fully_on_npu": False, "why_not": [f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"]}
+        results[name]["seconds"] = round(time.perf_counter() - start, 1)
+        r = results[name]
+        print(f"{name:14s} {'yes' if r['fully_on_npu'] else 'no ':4s} {r.get('nodes_on_npu', '-'):>11s} "
+              f"{'; '.join(r['why_not'])[:160]}")
+        sys.stdout.flush()
+    full = sum(r["fully_on_npu"] for r in results.values())
+    print(f"{full} of {len(results)} light models run fully on the HTP")
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="magika,cls,det")
@@ -150,7 +183,14 @@ def main(argv=None) -> int:
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--rows", default="presso,a16w8,cpu-x86,ort")
     parser.add_argument("--json", metavar="OUT.json")
+    parser.add_argument("--light", action="store_true",
+                        help="instead: which light models of the onnx package run fully on the HTP, and why not")
     args = parser.parse_args(argv)
+    if args.light:
+        results = light_models()
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        return 0
     rows = args.rows.split(",")
     results = {}
     with tempfile.TemporaryDirectory(prefix="presso-npu-") as workdir:

@@ -35,10 +35,12 @@ VOCAB = 32000
 # (hidden size, layers) for each size in GB: 12·d² weights a layer plus a VOCAB × d embedding
 SHAPES = {0.5: (1024, 8), 2.0: (2048, 8), 8.0: (4096, 9)}
 
+CLEANUP = ("infer-shapes,constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,"
+           "eliminate-dead-code,upgrade-opset{version=21},compact")
 PRESSO_COMMANDS = {
     "load + save": "eliminate-dead-code",
     "fold-constants,eliminate-dead-code": "fold-constants,eliminate-dead-code",
-    "remove-identity,fold-batchnorm": "remove-identity,fold-batchnorm",
+    "every cleanup pass": CLEANUP,
     "quantize-weights{bits=4,block=32}": "quantize-weights{bits=4,block=32}",
     "quantize-dynamic": "quantize-dynamic",
 }

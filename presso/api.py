@@ -52,7 +52,10 @@ def quantize(
     ``model`` is a :class:`Model` (left untouched: a copy is quantized) or a path. ``data`` is
     calibration data (a .npz file, a folder of .npy/.npz, or an iterable of input dicts).
     ``target`` (a name or a Target) supplies the default scheme; ``scheme`` overrides it with a
-    named scheme (``u8s8``, ``s8s8``, ``int8-symmetric``, ``a16w8``, ``w4a8``) or a QuantScheme.
+    named scheme (``u8s8``, ``s8s8``, ``int8-symmetric``, ``a16w8``, ``w4a8``) or a QuantScheme; a
+    target's own variant of a name wins (``target="qnn-htp", scheme="a16w8"``: uint16 activations
+    with the HTP's op list). A target with a ``prepare`` pipeline (``qnn-htp``) first fixes static
+    shapes from ``data`` and applies its rewrites, and its ``finish`` pipeline runs in ``fold-qdq``.
     ``bias_correction`` (default on) runs ``bias-correction`` after calibration: it cancels the
     mean output shift that weight rounding causes per conv channel, from the float input means
     that calibration measured (PP-OCR cls under onnxruntime's fused int8 kernels: 0.705 → 0.825

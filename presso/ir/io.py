@@ -15,6 +15,7 @@ from .errors import ModelLoadError, PressoError
 from .external import external_array, external_tensors, write_external_data
 from .formats import identify_foreign_format
 from .model import Model
+from .subgraphs import proto_graphs
 from .proto_checks import check_proto
 from .validate import validate_written_model
 
@@ -141,17 +142,12 @@ def _raise_if_foreign(path: Path) -> None:
 
 def _all_tensors(proto: onnx.ModelProto, *, subgraphs: bool = False):
     """Initializers and Constant values of the main graph (and of every body with ``subgraphs``)."""
-    graphs = [proto.graph]
-    while graphs:
-        graph = graphs.pop()
+    for graph in proto_graphs(proto.graph) if subgraphs else [proto.graph]:
         yield from graph.initializer
         for node in graph.node:
             for attr in node.attribute:
                 if attr.HasField("t"):
                     yield attr.t
-                if subgraphs:
-                    graphs.extend([attr.g] if attr.HasField("g") else [])
-                    graphs.extend(attr.graphs)
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:

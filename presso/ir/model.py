@@ -13,6 +13,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from .annotations import METADATA_KEY, Annotations
 from .errors import ModelLoadError
+from .subgraphs import bodies, has_bodies, proto_graphs
 
 T = TypeVar("T")
 
@@ -116,7 +117,7 @@ class Model:
         _wrap_subbyte_constants(self.graph)
         omitted: dict[str, np.ndarray] = {}
         saved: list[tuple[gs.Constant, Any]] = []
-        if omit_data_over is not None and not _has_subgraphs(self.graph):
+        if omit_data_over is not None and not has_bodies(self.graph):
             for tensor in self.graph.tensors().values():
                 array = _plain_array(tensor, omit_data_over)
                 if array is not None:
@@ -304,11 +305,6 @@ def _stub_tensor(name: str, array: np.ndarray) -> onnx.TensorProto:
     return stub
 
 
-def _has_subgraphs(graph: gs.Graph) -> bool:
-    return any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
-               for node in graph.nodes for v in node.attrs.values())
-
-
 def _name_unnamed_nodes(graph: gs.Graph) -> None:
     """Give unnamed and duplicate-named nodes unique names (``<op>_<index>``).
 
@@ -335,16 +331,6 @@ def _name_unnamed_nodes(graph: gs.Graph) -> None:
             taken.add(name)
 
 
-def _proto_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _proto_graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _proto_graphs(sub)
-
-
 def _is_exportable_type(type_proto: onnx.TypeProto) -> bool:
     kind = type_proto.WhichOneof("value")
     if kind in ("tensor_type", "sparse_tensor_type", None):
@@ -365,8 +351,6 @@ def _unknown_negative_dims(graph: gs.Graph) -> None:
     ONNX dims are non-negative; a stale -1 contradicts the shape that inference finds once the
     input shapes are fixed, and ``onnx.checker``'s full check rejects the model.
     """
-    from .subgraphs import bodies
-
     for g in [graph, *(b.graph for b in bodies(graph))]:
         for tensor in g.tensors().values():
             if isinstance(tensor, gs.Variable) and tensor.shape is not None and any(
@@ -391,7 +375,7 @@ def _restore_type_attributes(proto_graph: onnx.GraphProto, graph: gs.Graph) -> N
 
 def _special_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
     found = {}
-    for sub in _proto_graphs(graph):
+    for sub in proto_graphs(graph):
         for value in [*sub.input, *sub.output, *sub.value_info]:
             if not _is_exportable_type(value.type):
                 found[value.name] = onnx.TypeProto()
@@ -403,8 +387,6 @@ def _hide_special_types(graph: gs.Graph, special: dict[str, onnx.TypeProto]) -> 
     """Clear the dtype of values with a special type, so graphsurgeon exports them untyped."""
     if not special:
         return []
-    from .subgraphs import bodies
-
     hidden = []
     for g in [graph, *(b.graph for b in bodies(graph))]:
         for tensor in [*g.inputs, *g.outputs, *(t for n in g.nodes for t in n.outputs)]:
@@ -415,7 +397,7 @@ def _hide_special_types(graph: gs.Graph, special: dict[str, onnx.TypeProto]) -> 
 
 
 def _restore_special_types(graph: onnx.GraphProto, special: dict[str, onnx.TypeProto]) -> None:
-    for sub in _proto_graphs(graph):
+    for sub in proto_graphs(graph):
         for value in [*sub.input, *sub.output, *sub.value_info]:
             if value.name in special:
                 value.type.CopyFrom(special[value.name])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import onnx
 import onnx_graphsurgeon as gs
 
 
@@ -75,3 +76,14 @@ def nodes_reading_in_bodies(graph: gs.Graph) -> dict[str, gs.Node]:
             for name in outer_reads(body.graph):
                 found.setdefault(name, node)
     return found
+
+
+def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every body nested in it, in a proto (before import or after export)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from proto_graphs(attr.g)
+            for sub in attr.graphs:
+                yield from proto_graphs(sub)

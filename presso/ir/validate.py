@@ -48,6 +48,9 @@ def _load_in_onnxruntime(path: Path, shown: str, history: list[str] | None) -> N
     options = ort.SessionOptions()
     # Loading resolves the graph, types and kernels; optimizing it would only cost time here.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # Pre-packing copies every MatMul weight; without it onnxruntime maps page-aligned external
+    # data and a multi-GB model is checked without reading its weights into memory.
+    options.add_session_config_entry("session.disable_prepacking", "1")
     options.log_severity_level = 3
     try:
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

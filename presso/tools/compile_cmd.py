@@ -18,7 +18,6 @@ EXAMPLES = (
     "--data zoo/cls-eval.npz -o build/cls",
     "presso compile zoo/ppocr-cls.onnx --target cpu-x86 --backend tvm --shape x=1,3,48,192 -o build/cls-tvm",
     "presso compile --list-targets",
-    "presso compile cls-qnn.onnx --target qnn-htp --backend onnxruntime -o build/cls-htp   # needs presso[npu]",
 )
 
 

@@ -26,7 +26,7 @@ EXAMPLES = (
     "presso inspect zoo/magika.onnx --prunable",
     "presso inspect zoo/ppocr-cls.onnx --shape x=1,3,48,192 --layers --dot cls.dot",
     "presso inspect zoo/ppocr-cls.onnx --size --json",
-    "presso inspect cls-qnn.onnx --target qnn-htp   # nodes the Hexagon NPU rejects (needs presso[npu])",
+    "presso inspect zoo/ppocr-cls.onnx --shape x=1,3,48,192 --target qnn-htp   # needs presso[npu]",
 )
 
 

@@ -90,17 +90,28 @@ def test_compile_writes_an_epcontext_artifact_that_runs_again(cls_htp, cls_data,
     assert np.abs(htp - cpu).max() < 0.15  # the HTP requantizes differently, within a few steps
 
 
+def _fully_on_htp(model) -> None:
+    support = qnn.qnn_support(model.to_proto())
+    assert support.ok and support.fraction == 1.0, support.describe() or support.error
+
+
 @needs_qnn
-def test_magika_and_det_run_fully_on_the_htp_in_both_schemes():
+def test_magika_runs_fully_on_the_htp():
     x, _ = zoo.magika_dataset(4)
+    _fully_on_htp(presso.quantize(zoo.magika_model(), {"bytes": x}, target="qnn-htp", method="minmax",
+                                  bias_correction=False, progress=False))
+
+
+@needs_qnn
+@pytest.mark.slow
+def test_a16w8_and_det_run_fully_on_the_htp():
+    x, _ = zoo.magika_dataset(4)
+    _fully_on_htp(presso.quantize(zoo.magika_model(), {"bytes": x}, target="qnn-htp", scheme="a16w8",
+                                  method="minmax", bias_correction=False, progress=False))
+    det = zoo.ppocr_det_inputs(1)
     for scheme in (None, "a16w8"):
-        q = presso.quantize(zoo.magika_model(), {"bytes": x}, target="qnn-htp", scheme=scheme, method="minmax",
-                            bias_correction=False, progress=False)
-        support = qnn.qnn_support(q.to_proto())
-        assert support.ok and support.fraction == 1.0, support.describe()
-    det = presso.quantize(zoo.ppocr_det_model(), {"x": zoo.ppocr_det_inputs(1)}, target="qnn-htp",
-                          method="minmax", bias_correction=False, progress=False)
-    assert qnn.qnn_support(det.to_proto()).ok
+        _fully_on_htp(presso.quantize(zoo.ppocr_det_model(), {"x": det}, target="qnn-htp", scheme=scheme,
+                                      method="minmax", bias_correction=False, progress=False))
 
 
 @needs_qnn

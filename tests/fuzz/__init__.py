@@ -1,0 +1,1 @@
+"""Differential fuzzing: random valid ONNX graphs (graphs.py) and the onnxruntime oracle (oracle.py)."""

@@ -5,17 +5,21 @@ every graph is typed and shape-valid by construction: Conv/ConvTranspose (groups
 dilations, pads, auto_pad), BatchNormalization, Gemm/MatMul, unary and broadcasting binary
 element-wise ops, Reshape (literal targets and Shape→Gather→Concat subgraphs), Flatten,
 Transpose, Concat, Split, Slice, Pad, Resize, Expand, pooling, Softmax/LogSoftmax,
-LayerNormalization, reductions, Constant/ConstantOfShape weights and ``If`` nodes whose
-branches read tensors of the outer graph. Opsets 11–21, each op in the form its opset wants
-(attribute vs input for Split/Slice/Pad/Resize/ReduceX axes, ops that only exist from some
-opset). The batch axis is static or the symbol ``"N"``; a symbolic batch stays on axis 0.
+LayerNormalization, reductions, Dropout with its mask, decomposed GELU/HardSwish/LayerNorm/
+softmax/Clip chains (what the fusion passes look for), Constant/ConstantOfShape weights and
+small constant subgraphs, shared weights, ``If`` nodes whose branches read tensors of the
+outer graph (Conv+BN, Identity of an outer tensor, nested If), int64 and constant graph
+outputs, exporter-style tensor names and unnamed nodes. Opsets 11–21, each op in the form
+its opset wants (attribute vs input for Split/Slice/Pad/Resize/ReduceX axes, ops that only
+exist from some opset). The batch axis is static or the symbol ``"N"``; a symbolic batch stays on axis 0.
 
 Choices come from a :class:`Chooser`: :class:`RandomChooser` (a numpy generator, for
-``benchmarks/fuzz.py``: graph *i* of seed *s* is always the same graph) or, through
+``benchmarks/fuzz.py``: graph *i* is always the same graph, for one version of this file) or, through
 :func:`graphs`, hypothesis' ``draw`` (tests: shrinking, reproducible with ``derandomize``).
 Hypothesis is imported only by :func:`graphs`.
 
-Not covered: non-float activations, dynamic spatial dims, Loop/Scan.
+Not covered: non-float activations, dynamic spatial dims, Loop/Scan, initializers that are
+also graph inputs (see tests/passes/test_fuzz_regressions.py).
 """
 
 from __future__ import annotations

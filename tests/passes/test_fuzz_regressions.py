@@ -171,18 +171,20 @@ def test_int8_activations_at_opset_21_load_under_onnxruntime_optimizations(tail)
     assert y.shape == want.shape and np.abs(y - want).max() < 0.1 * np.abs(want).max() + 0.02
 
 
-def test_dilated_average_pool_stays_float_so_onnxruntime_loads_the_int8_model():
+@pytest.mark.parametrize("dilations", [[2, 2], [1, 1]])
+def test_dilated_average_pool_stays_float_so_onnxruntime_loads_the_int8_model(dilations):
     """onnxruntime fuses DQ → AveragePool → Q into QLinearAveragePool, which has no
     ``dilations`` (opset 19 added them to AveragePool), and then refuses the whole model
     ("Unrecognized attribute: dilations for operator QLinearAveragePool"). Fuzzed graph 31033
-    (opset 19: … → Split → AveragePool{dilations} → Selu → …)."""
+    (opset 19: … → Split → AveragePool{dilations=[1]} → Selu → …): even all-ones dilations."""
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("AveragePool", ["c"], ["p"], kernel_shape=[2, 2], dilations=[2, 2]),
+             helper.make_node("AveragePool", ["c"], ["p"], kernel_shape=[2, 2], dilations=dilations),
              helper.make_node("Conv", ["p", "w2"], ["y"])]
     inits = [init("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
              init("w2", rng.standard_normal((2, 4, 1, 1)).astype(np.float32))]
-    proto = make_proto(nodes, [vi("x", [1, 3, 6, 6])], [vi("y", [1, 2, 4, 4])], inits, opset=19)
+    size = 6 - dilations[0]
+    proto = make_proto(nodes, [vi("x", [1, 3, 6, 6])], [vi("y", [1, 2, size, size])], inits, opset=19)
     data = [{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(4)]
     model = load(proto)
     PassManager.parse("insert-qdq,calibrate,fold-qdq").run(model, data=data, progress=False)

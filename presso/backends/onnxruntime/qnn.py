@@ -264,4 +264,6 @@ def render_npu_report(report: Mapping[str, Any], target: str = "qnn-htp") -> lis
         lines.append(f"  not on the NPU: '{item['name']}' ({item['op']}): {item['reason']}")
     if report.get("error"):
         lines.append(f"  QNN cannot prepare the graph: {report['error']}")
+        lines.append(f"  (quantize for the NPU first: presso.quantize(model, data, target=\"{target}\") or "
+                     f"presso opt MODEL --target {target} -p \"insert-qdq,calibrate,fold-qdq\" --data DATA)")
     return lines

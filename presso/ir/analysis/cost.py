@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..model import Model
-from ..subgraphs import node_bodies
+from ..subgraphs import node_bodies, nodes_reading_in_bodies
 from .shapes import TensorInfo, infer_tensor_infos
 
 LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul",
@@ -252,6 +252,13 @@ def _peak_live_bytes(model: Model, infos: dict[str, TensorInfo]) -> int:
         for t in node.inputs:
             if isinstance(t, gs.Variable):
                 last_use[id(t)] = i
+    # a value that an If/Loop/Scan body reads stays live until the node holding the body runs
+    position = {id(n): i for i, n in enumerate(nodes)}
+    tensors = model.graph.tensors()
+    for name, owner in nodes_reading_in_bodies(model.graph).items():
+        tensor = tensors.get(name)
+        if isinstance(tensor, gs.Variable):
+            last_use[id(tensor)] = max(last_use.get(id(tensor), -1), position[id(owner)])
     keep = {id(t) for t in model.graph.outputs}
     live: dict[int, int] = {}
     for t in model.graph.inputs:

@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import PressoError
 from ..model import Model
+from ..subgraphs import proto_graphs
 
 Dim = int | str | None
 
@@ -60,14 +61,6 @@ def _dtype(type_proto: onnx.TypeProto) -> np.dtype | None:
         return None
 
 
-def _body_protos(graph: onnx.GraphProto):
-    for node in graph.node:
-        for attr in node.attribute:
-            for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield body
-                yield from _body_protos(body)
-
-
 def infer_tensor_infos(model: Model) -> dict[str, TensorInfo]:
     """Shape and dtype of every tensor that shape inference can type (cached on the model)."""
 
@@ -82,7 +75,7 @@ def infer_tensor_infos(model: Model) -> dict[str, TensorInfo]:
         for vi in [*graph.input, *graph.value_info, *graph.output]:
             if vi.type.HasField("tensor_type"):
                 infos[vi.name] = TensorInfo(_dtype(vi.type), _dims(vi.type))
-        for body in _body_protos(graph):  # values inside If/Loop/Scan bodies (names are unique)
+        for body in list(proto_graphs(graph))[1:]:  # values inside If/Loop/Scan bodies (names are unique)
             for vi in [*body.input, *body.value_info, *body.output]:
                 if vi.type.HasField("tensor_type"):
                     infos.setdefault(vi.name, TensorInfo(_dtype(vi.type), _dims(vi.type)))

@@ -43,14 +43,17 @@ class UpgradeOpset(Pass):
                     where=f"Scan node '{scans[0]}'",
                     hint="re-export the model at opset 9 or newer, or leave the opset as it is",
                 )
+        # Large weights travel as stubs and come back as the same arrays: the converter only
+        # rewrites nodes, and a copy of every weight would double the memory of a big model.
+        proto, weights = model.to_proto_without_large_data()
         try:
-            converted = onnx.version_converter.convert_version(model.to_proto(), self.version)
+            converted = onnx.version_converter.convert_version(proto, self.version)
         except Exception as exc:
             raise PassError(
                 f"onnx.version_converter cannot convert opset {current} → {self.version}: {exc}",
                 hint="run fold-constants first, or choose a lower target version",
             ) from exc
-        replacement = Model.from_proto(converted, source_path=model.source_path)
+        replacement = Model.from_proto(converted, source_path=model.source_path, external=weights)
         model.graph = replacement.graph
         model.opset_imports = replacement.opset_imports
         model.ir_version = replacement.ir_version

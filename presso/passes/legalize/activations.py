@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import Model
-from ...ir.edit import add_initializer, batch_names, detach_node, insert_node_on_edge, replace_all_uses
+from ...ir.edit import add_initializer, batch_names, detach_node, replace_all_uses, unique_name
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
 from ._match import close, const_value, only_consumer, other_input, scalar
@@ -65,8 +65,8 @@ class FuseHardSwish(Pass):
             if not ((tail.op == "Div" and close(k, 6.0)) or (tail.op == "Mul" and close(k, 1 / 6))):
                 return False
             end = tail.outputs[0]
-        node = gs.Node("HardSwish", name=f"{mul.name}_hardswish", inputs=[x],
-                       outputs=[gs.Variable(f"{end.name}_hs", dtype=end.dtype, shape=end.shape)])
+        node = gs.Node("HardSwish", name=unique_name(model, f"{mul.name}_hardswish"), inputs=[x],
+                       outputs=[gs.Variable(unique_name(model, f"{end.name}_hs"), dtype=end.dtype, shape=end.shape)])
         model.graph.nodes.append(node)
         replace_all_uses(model, end, node.outputs[0])
         for dead in (tail, mul, gate, add):
@@ -96,12 +96,13 @@ class ExpandHardSigmoid(Pass):
                 beta = add_initializer(model, f"{node.name}_beta", np.array(node.attrs.get("beta", 0.5), dtype))
                 lo = add_initializer(model, f"{node.name}_lo", np.array(0.0, dtype))
                 hi = add_initializer(model, f"{node.name}_hi", np.array(1.0, dtype))
-                t1 = gs.Variable(f"{node.name}_scaled", dtype=x.dtype, shape=x.shape)
-                t2 = gs.Variable(f"{node.name}_shifted", dtype=x.dtype, shape=x.shape)
-                new = [gs.Node("Mul", name=f"{node.name}_mul", inputs=[x, alpha], outputs=[t1]),
-                       gs.Node("Add", name=f"{node.name}_add", inputs=[t1, beta], outputs=[t2])]
-                clip_out = gs.Variable(f"{node.name}_clipped", dtype=y.dtype, shape=y.shape)
-                new.append(gs.Node("Clip", name=f"{node.name}_clip", inputs=[t2, lo, hi], outputs=[clip_out]))
+                t1 = gs.Variable(unique_name(model, f"{node.name}_scaled"), dtype=x.dtype, shape=x.shape)
+                t2 = gs.Variable(unique_name(model, f"{node.name}_shifted"), dtype=x.dtype, shape=x.shape)
+                new = [gs.Node("Mul", name=unique_name(model, f"{node.name}_mul"), inputs=[x, alpha], outputs=[t1]),
+                       gs.Node("Add", name=unique_name(model, f"{node.name}_add"), inputs=[t1, beta], outputs=[t2])]
+                clip_out = gs.Variable(unique_name(model, f"{node.name}_clipped"), dtype=y.dtype, shape=y.shape)
+                new.append(gs.Node("Clip", name=unique_name(model, f"{node.name}_clip"), inputs=[t2, lo, hi],
+                                   outputs=[clip_out]))
                 model.graph.nodes.extend(new)
                 replace_all_uses(model, y, clip_out)
                 detach_node(model, node)

@@ -19,15 +19,23 @@ import numpy as np
 
 from ...ir.errors import PassError
 from . import nbits
+from .clip_search import clip_weights
 
 LAZY_BLOCK = 128
 
 
 def gptq_blocks(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block: int, symmetric: bool,
-                act_order: bool = False, damp: float = 0.01, where: str = "") -> tuple[nbits.Blocks, np.ndarray]:
-    """(MatMulNBits blocks, dequantized float32 [K, N] weight) of ``weight`` [K, N] under GPTQ."""
+                act_order: bool = False, damp: float = 0.01, clip: bool = False,
+                where: str = "") -> tuple[nbits.Blocks, np.ndarray]:
+    """(MatMulNBits blocks, dequantized float32 [K, N] weight) of ``weight`` [K, N] under GPTQ.
+
+    ``clip``: each block's grid comes from the weights clipped as :mod:`.clip_search` finds
+    best on the same Hessian (a finer grid where one outlier weight would set it), instead
+    of from their largest value.
+    """
     k, n = weight.shape
-    scales, zeros = nbits.block_params(weight, bits, block, symmetric)  # [N, blocks]
+    grid_source = clip_weights(weight, hessian, bits=bits, block=block, symmetric=symmetric) if clip else weight
+    scales, zeros = nbits.block_params(grid_source, bits, block, symmetric)  # [N, blocks]
     q = gptq_round(weight, hessian, scales, zeros, bits=bits, block=block, act_order=act_order, damp=damp, where=where)
     packed = nbits.pack(q, scales, zeros, bits, block, symmetric)
     group = np.arange(k) // block
@@ -46,26 +54,29 @@ def gptq_round(weight: np.ndarray, hessian: np.ndarray, scales: np.ndarray, zero
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     w, h = w[:, order], h[np.ix_(order, order)]
     group = order // block  # each channel keeps the grid of its own block, whatever the order
-    col_scales, col_zeros = scales[:, group].astype(np.float64), zeros[:, group].astype(np.float64)  # [N, K]
+    # columns of the transposed grids are contiguous: one row per input channel
+    col_scales = np.ascontiguousarray(scales[:, group].T, dtype=np.float64)  # [K, N]
+    col_zeros = np.ascontiguousarray(zeros[:, group].T, dtype=np.float64)
+    col_inverse = np.divide(1.0, col_scales, out=np.zeros_like(col_scales), where=col_scales != 0)
     hinv = _inverse_cholesky(h, damp, where)
-    q = np.zeros_like(w)
+    q = np.zeros((k, n))
+    top = 2**bits - 1
     for start in range(0, k, LAZY_BLOCK):
         stop = min(start + LAZY_BLOCK, k)
-        w1 = w[:, start:stop].copy()
+        w1 = np.ascontiguousarray(w[:, start:stop].T)  # [channels, N]: row i is channel start + i
         err1 = np.zeros_like(w1)
         hinv1 = hinv[start:stop, start:stop]
         for i in range(stop - start):
-            column = w1[:, i]
-            qi = nbits.round_to_grid(column, col_scales[:, start + i], col_zeros[:, start + i], bits)
-            rounded = (qi - col_zeros[:, start + i]) * col_scales[:, start + i]
-            q[:, start + i] = qi
-            err = (column - rounded) / hinv1[i, i]
-            w1[:, i:] -= np.outer(err, hinv1[i, i:])
-            err1[:, i] = err
-        w[:, stop:] -= err1 @ hinv[start:stop, stop:]
+            c = start + i
+            qi = np.clip(np.rint(w1[i] * col_inverse[c]) + col_zeros[c], 0, top)
+            q[c] = qi
+            err = (w1[i] - (qi - col_zeros[c]) * col_scales[c]) / hinv1[i, i]
+            w1[i:] -= np.outer(hinv1[i, i:], err)
+            err1[i] = err
+        w[:, stop:] -= err1.T @ hinv[start:stop, stop:]
     inverse = np.empty_like(order)
     inverse[order] = np.arange(k)
-    return q[:, inverse].T
+    return q[inverse]
 
 
 def _inverse_cholesky(h: np.ndarray, damp: float, where: str) -> np.ndarray:
@@ -76,10 +87,12 @@ def _inverse_cholesky(h: np.ndarray, damp: float, where: str) -> np.ndarray:
     for attempt in range(6):
         damped = h + np.eye(k) * damp * (10**attempt) * mean_diag
         try:
-            lower = np.linalg.cholesky(damped)
-            inverse = np.linalg.inv(lower)
-            hinv = inverse.T @ inverse  # (L Lᵀ)⁻¹
-            return np.linalg.cholesky(hinv).T
+            # with J the reversal and J H J = C Cᵀ: H⁻¹ = (J C⁻¹ J)ᵀ (J C⁻¹ J), and J C⁻¹ J is
+            # upper triangular, so one Cholesky and one triangular inverse give the factor
+            lower = np.linalg.cholesky(damped[::-1, ::-1])
+            upper = np.linalg.inv(lower)[::-1, ::-1]
+            if np.all(np.isfinite(upper)):
+                return np.ascontiguousarray(upper)
         except np.linalg.LinAlgError:
             continue
     raise PassError("GPTQ: the Hessian of the layer's inputs stays singular after damping", where=where,

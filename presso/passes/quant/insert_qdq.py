@@ -79,10 +79,14 @@ def _read_dilated_pools_in_float(model: Model) -> int:
     """An AveragePool with dilations (opset ≥ 19) reads the float tensor before its input's
     Q/DQ pair: onnxruntime fuses DQ → AveragePool → Q into QLinearAveragePool, which has no
     ``dilations`` attribute, and then refuses the whole model ("Unrecognized attribute:
-    dilations", onnxruntime 1.32). Returns how many pools were rewired."""
+    dilations", onnxruntime 1.32), even all ones, which are dropped instead. Returns how many
+    pools were rewired."""
     rewired = 0
     for node in model.nodes("AveragePool"):
-        if not any(int(d) != 1 for d in node.attrs.get("dilations", [])):
+        if "dilations" not in node.attrs:
+            continue
+        if all(int(d) == 1 for d in node.attrs["dilations"]):  # the default, spelled out: drop it
+            del node.attrs["dilations"]
             continue
         dq = producer(node.inputs[0])
         q = producer(dq.inputs[0]) if dq is not None and dq.op == "DequantizeLinear" else None
@@ -123,7 +127,10 @@ class InsertQDQ(Pass):
     quantized op is absorbed by the following Q. Activation scales are placeholders until
     ``calibrate`` runs. With ``prepare=true`` (default) the model is first made quantizable:
     Constant weights become initializers, constants fold, BatchNorm folds into convs, and the
-    opset is upgraded to what the scheme needs (13 for per-channel, 21 for 4/16-bit). Records a
+    opset is upgraded to what the scheme needs (13 for per-channel, 21 for 4/16-bit); a context
+    target with a ``prepare`` pipeline (``qnn-htp``: static shapes, fused LayerNorm/GELU/softmax…)
+    runs that pipeline instead of the cleanup passes, and a target's variant of a named
+    ``scheme`` (qnn-htp's ``a16w8``) replaces the generic one. Records a
     QuantSpec annotation per quantized tensor. Not semantics-preserving (fake quantization).
     """
 

@@ -54,7 +54,7 @@ def block_params(values: np.ndarray, bits: int, block: int, symmetric: bool) -> 
 
 
 def round_to_grid(values: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int) -> np.ndarray:
-    """Integers q = clamp(round(values / scales) + zeros, 0, 2^bits − 1), elementwise (ties to even).""""
+    """Integers q = clamp(round(values / scales) + zeros, 0, 2^bits − 1), elementwise (ties to even)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(scales != 0, values / np.where(scales != 0, scales, 1), 0)
     return np.clip(np.rint(ratio) + zeros, 0, 2**bits - 1)
@@ -64,13 +64,13 @@ def pack(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int, block:
     """Store integers ``q`` ([K, N], in [0, 2^bits)) with per-block ``scales``/``zeros`` ([N, blocks])."""
     k, n = q.shape
     blocks = -(-k // block)
-    # padding rows hold the zero point: they dequantize to 0, as the kernel's padded zeros do
-    ints = np.repeat(zeros.astype(np.int64), block, axis=1)  # [N, blocks * block]
+    ints = np.zeros((n, blocks * block), dtype=np.int64)  # past K: 0, as the kernel writes (never read)
     ints[:, :k] = q.T
     packed = _pack_ints(ints.reshape(n, blocks * block), bits).reshape(n, blocks, block * bits // 8)
     zero_bytes = np.zeros((n, (blocks * bits + 7) // 8), dtype=np.uint8)
     if not symmetric:
-        zero_ints = np.zeros((n, zero_bytes.shape[1] * 8 // bits), dtype=np.int64)
+        # an unused last nibble holds the default zero point, as the kernel writes it
+        zero_ints = np.full((n, zero_bytes.shape[1] * 8 // bits), 2 ** (bits - 1), dtype=np.int64)
         zero_ints[:, :blocks] = zeros
         zero_bytes = _pack_ints(zero_ints, bits)
     return Blocks(packed, np.ascontiguousarray(scales, dtype=np.float32), zero_bytes)

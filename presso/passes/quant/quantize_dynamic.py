@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ...ir import Model
 from ...ir.edit import add_initializer, add_node, replace_all_uses
+from ...ir.external import release
 from ..base import Pass, PassContext, PassResult
 from ..cleanup.constants_to_initializers import ConstantsToInitializers
 from ..registry import register_pass
@@ -70,6 +71,7 @@ class QuantizeDynamic(Pass):
 
     def _lower(self, model: Model, node: gs.Node) -> None:
         x, w = node.inputs[0], np.asarray(node.inputs[1].values, dtype=np.float64)
+        release(node.inputs[1].values)  # a mapped weight is read once; its pages can go
         bias = None
         if node.op == "Gemm":
             if node.attrs.get("transB", 0):

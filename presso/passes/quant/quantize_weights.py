@@ -33,6 +33,16 @@ class QuantizeWeights(Pass):
     points is only reached from block 64 up). ``min_size`` skips small matrices, ``exclude``
     keeps named nodes (or regexes) in float, ``accuracy_level`` (0–4) lets the kernel compute in
     int8 (4) instead of float. Needs: MatMuls with a constant [K, N] weight.
+
+    ``algorithm`` picks how MatMul weights are rounded (the packing is the same): ``rtn``
+    round-to-nearest; ``gptq`` (Frantar et al. 2022) rounds input channel by channel and
+    compensates each error with the inverse Hessian of the layer's calibration inputs,
+    sequentially layer by layer (``act_order`` rounds large-activation channels first);
+    ``awq`` (Lin et al. 2023) scales salient input channels up before rounding and divides
+    the activation by the same per-channel scale (folded into a LayerNormalization or MatMul
+    when exact, else a ``Mul``). With ``clip`` (default) both also choose each block's grid on
+    the calibration inputs (clipping outlier weights). Both read ``samples`` samples from ``--data``
+    (see :mod:`.weight_algorithms`); Gemm and Gather weights stay round-to-nearest.
     """
 
     bits: Literal[4, 8] = 4
@@ -42,6 +52,10 @@ class QuantizeWeights(Pass):
     exclude: list[str] | None = None
     accuracy_level: int = 0
     ops: list[str] = ["MatMul", "Gemm", "Gather"]
+    algorithm: Literal["rtn", "gptq", "awq"] = "rtn"
+    act_order: bool = False
+    clip: bool = True
+    samples: int = 128
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         import re
@@ -50,6 +64,7 @@ class QuantizeWeights(Pass):
 
         kernel = quantize_matmul_4bits if self.bits == 4 else quantize_matmul_8bits
         patterns = [re.compile(p) for p in self.exclude or []]
+        prepared, extra = self._data_aware(model, ctx, patterns) if "MatMul" in self.ops else ({}, {})
         done, gathers, float_bytes, packed_bytes = 0, 0, 0, 0
         for node in model.nodes(*({"MatMul", "Gemm"} & set(self.ops))):
             w = node.inputs[1]
@@ -67,7 +82,10 @@ class QuantizeWeights(Pass):
             packed = np.zeros((n, blocks, blob), dtype=np.uint8)
             scales = np.zeros((n, blocks), dtype=np.float32)
             zeros = np.zeros((n, (blocks * self.bits + 7) // 8), dtype=np.uint8)
-            kernel(packed, np.ascontiguousarray(padded), scales, zeros, self.block, n, k, self.symmetric)
+            if node.name in prepared:  # rounded by a data-aware algorithm, packed the same way
+                packed, scales, zeros = prepared[node.name].packed, prepared[node.name].scales, prepared[node.name].zeros
+            else:
+                kernel(packed, np.ascontiguousarray(padded), scales, zeros, self.block, n, k, self.symmetric)
             inputs = [node.inputs[0], add_initializer(model, f"{w.name}_nbits", packed),
                       add_initializer(model, f"{w.name}_nbits_scales", scales.reshape(-1))]
             if not self.symmetric:
@@ -95,4 +113,26 @@ class QuantizeWeights(Pass):
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         ratio = packed_bytes / float_bytes if float_bytes else 1.0
         return PassResult(changed=bool(done or gathers),
-                          stats={"matmuls": done, "gathers": gathers, "weight_bytes_ratio": round(ratio, 4)})
+                          stats={"matmuls": done, "gathers": gathers, "weight_bytes_ratio": round(ratio, 4), **extra})
+
+    def _data_aware(self, model: Model, ctx: PassContext, patterns: list) -> tuple[dict, dict]:
+        """GPTQ: {MatMul name: packed blocks}; AWQ: rescales the model in place. Plus statistics."""
+        if self.algorithm == "rtn":
+            return {}, {}
+        from . import layer_inputs, weight_algorithms
+
+        weight_algorithms.require_data(ctx, self.algorithm)
+        matmuls = [n for n in model.nodes("MatMul") if self._eligible_matmul(n, patterns)]
+        feeds = layer_inputs.calibration_feeds(model, ctx.data, samples=self.samples, batch=16)
+        options = {"bits": self.bits, "block": self.block, "symmetric": self.symmetric, "clip": self.clip}
+        if self.algorithm == "awq":
+            return {}, weight_algorithms.run_awq(model, matmuls, feeds, **options)
+        return weight_algorithms.run_gptq(model, matmuls, feeds, act_order=self.act_order, **options)
+
+    def _eligible_matmul(self, node: gs.Node, patterns: list) -> bool:
+        """The MatMuls the loop in :meth:`run` quantizes (same conditions)."""
+        w = node.inputs[1]
+        if not isinstance(w, gs.Constant) or any(p.fullmatch(node.name) for p in patterns):
+            return False
+        values = np.asarray(w.values)
+        return values.ndim == 2 and values.dtype == np.float32 and values.size >= max(self.min_size, 1)

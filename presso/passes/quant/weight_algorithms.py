@@ -10,6 +10,9 @@ by the activation they read (Q, K and V share one). Then:
 * ``awq``: one run of the float model measures every group's inputs; each group's scale is
   searched (:func:`awq.search_scale`) and applied to the model (:func:`awq.apply_scale`). The
   caller then rounds the scaled weights with round-to-nearest; nothing is returned.
+
+With ``clip`` (both), each block's grid is chosen by :mod:`.clip_search` on the layer's
+calibration inputs instead of from its largest weight (AWQ's ``auto_clip``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ...ir import Model
 from ...ir.edit import add_initializer
 from ...ir.errors import PassError
 from . import awq, gptq, layer_inputs, nbits
+from .clip_search import clip_weights
 
 AWQ_ROWS = 2048  # calibration rows (tokens) kept per activation for the α search
 
@@ -37,7 +41,7 @@ def groups_by_input(model: Model, matmuls: Sequence[gs.Node]) -> list[tuple[gs.V
 
 
 def run_gptq(model: Model, matmuls: Sequence[gs.Node], feeds: list[dict], *, bits: int, block: int,
-             symmetric: bool, act_order: bool, progress=None) -> tuple[dict[str, nbits.Blocks], dict]:
+             symmetric: bool, act_order: bool, clip: bool, progress=None) -> tuple[dict[str, nbits.Blocks], dict]:
     """{MatMul name: its GPTQ blocks}, and statistics, for ``matmuls`` of ``model``."""
     working = model.copy()
     by_name = {n.name: n for n in working.graph.nodes}
@@ -47,7 +51,7 @@ def run_gptq(model: Model, matmuls: Sequence[gs.Node], feeds: list[dict], *, bit
         for node in nodes:
             weight = np.asarray(node.inputs[1].values)
             blocks, dequantized = gptq.gptq_blocks(weight, stats.hessian, bits=bits, block=block, symmetric=symmetric,
-                                                   act_order=act_order, where=f"node '{node.name}'")
+                                                   act_order=act_order, clip=clip, where=f"node '{node.name}'")
             result[node.name] = blocks
             # later groups see this layer as it will compute: its rounded weight
             twin = by_name[node.name]
@@ -60,7 +64,7 @@ def run_gptq(model: Model, matmuls: Sequence[gs.Node], feeds: list[dict], *, bit
 
 
 def run_awq(model: Model, matmuls: Sequence[gs.Node], feeds: list[dict], *, bits: int, block: int,
-            symmetric: bool) -> dict:
+            symmetric: bool, clip: bool) -> dict:
     """Search and apply AWQ scales to ``matmuls`` of ``model`` (in place); returns statistics."""
     groups = groups_by_input(model, matmuls)
     stats = layer_inputs.collect(model, [t.name for t, _ in groups], feeds, keep_rows=AWQ_ROWS)
@@ -72,10 +76,15 @@ def run_awq(model: Model, matmuls: Sequence[gs.Node], feeds: list[dict], *, bits
         s, alpha, _ = awq.search_scale(weights, entry.sample, entry.mean_abs, bits=bits, block=block,
                                        symmetric=symmetric)
         alphas.append(alpha)
-        if alpha == 0.0:
-            continue  # s = 1: nothing to change
-        how = awq.apply_scale(model, tensor, nodes, s)
-        folded[how] = folded.get(how, 0) + 1
+        if alpha > 0.0:  # α = 0 is s = 1: nothing to change
+            how = awq.apply_scale(model, tensor, nodes, s)
+            folded[how] = folded.get(how, 0) + 1
+        if clip:  # the inputs are now x / s: their Gram matrix is G / (s sᵀ)
+            gram = entry.gram / np.outer(s, s)
+            for node in nodes:
+                clipped = clip_weights(np.asarray(node.inputs[1].values), gram, bits=bits, block=block,
+                                       symmetric=symmetric)
+                node.inputs[1] = add_initializer(model, f"{node.inputs[1].name}_clip", clipped)
     model.invalidate()
     return {"awq_scaled": folded, "awq_mean_alpha": round(float(np.mean(alphas)), 3) if alphas else 0.0}
 

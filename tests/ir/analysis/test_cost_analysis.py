@@ -110,3 +110,17 @@ def test_loop_costs_its_body_times_a_constant_trip_count():
     model = load(make_proto([loop], [vi("h0", [1, 8])], [vi("h", [1, 8])],
                             [init("w", rand([8, 8])), init("trips", np.array(5, np.int64))]))
     assert compute_cost(model).macs == 5 * 8 * 8
+
+
+def test_a_value_read_inside_a_body_stays_live_until_its_node_runs():
+    # big = Tile(x) [1, 1024] is read only inside the If's branches, so it is live while the If
+    # writes y [1, 1024]: 8 KiB at once (without counting body reads it would be 5 KiB at most)
+    then_branch = helper.make_graph([helper.make_node("Neg", ["big"], ["t"], name="neg")],
+                                    "then", [], [vi("t", [1, 1024])])
+    else_branch = helper.make_graph([helper.make_node("Abs", ["big"], ["e"], name="abs")],
+                                    "else", [], [vi("e", [1, 1024])])
+    nodes = [helper.make_node("Tile", ["x", "reps"], ["big"], name="tile"),
+             helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch)]
+    model = load(make_proto(nodes, [vi("x", [1, 256]), vi("c", [], bool)], [vi("y", [1, 1024])],
+                            [init("reps", np.array([1, 4], np.int64))], opset=17))
+    assert compute_cost(model).peak_activation_bytes == 2 * 1024 * 4 + 1  # big, y and the condition
