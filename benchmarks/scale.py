@@ -5,8 +5,8 @@ Q/K/V/O MatMuls, Softmax attention, a ReLU MLP and residual Adds), with float32 
 external data: 0.5, 2 and 8 GB by default. For each model, every command runs in a fresh
 process; the table gives its wall time and peak resident memory (also as a multiple of the
 weights' bytes). The baseline, measured in the same run on the same file, is onnxruntime's
-``MatMulNBitsQuantizer`` (block 32, symmetric), which is what ``quantize-weights{bits=4}``
-replaces.
+``MatMulNBitsQuantizer`` (block 32, symmetric, MatMul and Gather), which does the same work as
+``quantize-weights{bits=4}``.
 
     python benchmarks/scale.py                      # 0.5, 2 and 8 GB (needs ~40 GB of disk)
     python benchmarks/scale.py --sizes 0.5 2 --keep  # keep the generated models in --dir
@@ -48,7 +48,8 @@ PRESSO_COMMANDS = {
 ORT_QUANTIZER = """
 import sys
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-quantizer = MatMulNBitsQuantizer(sys.argv[1], bits=4, block_size=32, is_symmetric=True)
+quantizer = MatMulNBitsQuantizer(sys.argv[1], bits=4, block_size=32, is_symmetric=True,
+                                 op_types_to_quantize=("MatMul", "Gather"))
 quantizer.process()
 quantizer.model.save_model_to_file(sys.argv[2], True)
 """

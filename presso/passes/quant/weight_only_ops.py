@@ -89,15 +89,23 @@ def quantize_gather(model: Model, node: gs.Node, block: int) -> tuple[int, int] 
 
 
 def _symmetric_int4_blocks(rows: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """int4 values (as int8) and per-block scales of ``rows`` [R, D], blocks along D."""
+    """int4 values (as int8) and per-block scales of ``rows`` [R, D], blocks along D.
+
+    onnxruntime's MatMulNBits packing kernel quantizes a [K, N] matrix in blocks along K for
+    each column: given the rows transposed ([D, R]) it makes exactly the blocks a row-wise
+    GatherBlockQuantized needs, with its own rounding. It stores ``q + 8`` as unsigned nibbles.
+    """
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
     count, width = rows.shape
     blocks = -(-width // block)
-    padded = np.zeros((count, blocks * block), dtype=np.float32)
-    padded[:, :width] = rows
-    grouped = padded.reshape(count, blocks, block)
-    high, low = grouped.max(axis=2), grouped.min(axis=2)
-    scale = np.where(np.abs(high) > np.abs(low), high, low) / np.float32(-8.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(scale[..., None] == 0, 0, grouped / scale[..., None])
-    q = np.clip(np.round(q), -8, 7).astype(np.int8).reshape(count, blocks * block)[:, :width]
-    return q, scale.astype(np.float32)
+    columns = np.zeros((blocks * block, count), dtype=np.float32)
+    columns[:width] = rows.T
+    packed = np.zeros((count, blocks, block // 2), dtype=np.uint8)
+    scales = np.zeros((count, blocks), dtype=np.float32)
+    zeros = np.zeros((count, (blocks * 4 + 7) // 8), dtype=np.uint8)
+    quantize_matmul_4bits(packed, columns, scales, zeros, block, count, width, True)
+    nibbles = np.empty((count, blocks * block), dtype=np.int8)
+    nibbles[:, 0::2] = (packed & 0x0F).reshape(count, -1)
+    nibbles[:, 1::2] = (packed >> 4).reshape(count, -1)
+    return (nibbles - 8)[:, :width], scales
