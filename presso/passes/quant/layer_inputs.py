@@ -100,3 +100,4 @@ def _valid_rows(value: np.ndarray, feed: Mapping[str, np.ndarray]) -> np.ndarray
         if "mask" in name.lower() and array.dtype.kind in "iub" and array.shape == lead:
             return rows[array.reshape(-1) != 0]
     return rows
+

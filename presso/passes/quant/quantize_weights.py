@@ -40,9 +40,10 @@ class QuantizeWeights(Pass):
     sequentially layer by layer (``act_order`` rounds large-activation channels first);
     ``awq`` (Lin et al. 2023) scales salient input channels up before rounding and divides
     the activation by the same per-channel scale (folded into a LayerNormalization or MatMul
-    when exact, else a ``Mul``). With ``clip`` (default) both also choose each block's grid on
-    the calibration inputs (clipping outlier weights). Both read ``samples`` samples from ``--data``
-    (see :mod:`.weight_algorithms`); Gemm and Gather weights stay round-to-nearest.
+    when exact, else a ``Mul``); ``awq+gptq`` scales as AWQ, then rounds as GPTQ. With
+    ``clip`` (default) each block's grid is also chosen on the calibration inputs (clipping
+    outlier weights). They read ``samples`` samples from ``--data`` (see
+    :mod:`.weight_algorithms`); Gemm and Gather weights stay round-to-nearest.
     """
 
     bits: Literal[4, 8] = 4
@@ -52,8 +53,8 @@ class QuantizeWeights(Pass):
     exclude: list[str] | None = None
     accuracy_level: int = 0
     ops: list[str] = ["MatMul", "Gemm", "Gather"]
-    algorithm: Literal["rtn", "gptq", "awq"] = "rtn"
-    act_order: bool = False
+    algorithm: Literal["rtn", "gptq", "awq", "awq+gptq"] = "rtn"
+    act_order: bool = True
     clip: bool = True
     samples: int = 128
 
@@ -83,7 +84,8 @@ class QuantizeWeights(Pass):
             scales = np.zeros((n, blocks), dtype=np.float32)
             zeros = np.zeros((n, (blocks * self.bits + 7) // 8), dtype=np.uint8)
             if node.name in prepared:  # rounded by a data-aware algorithm, packed the same way
-                packed, scales, zeros = prepared[node.name].packed, prepared[node.name].scales, prepared[node.name].zeros
+                chosen = prepared[node.name]
+                packed, scales, zeros = chosen.packed, chosen.scales, chosen.zeros
             else:
                 kernel(packed, np.ascontiguousarray(padded), scales, zeros, self.block, n, k, self.symmetric)
             inputs = [node.inputs[0], add_initializer(model, f"{w.name}_nbits", packed),
@@ -125,9 +127,14 @@ class QuantizeWeights(Pass):
         matmuls = [n for n in model.nodes("MatMul") if self._eligible_matmul(n, patterns)]
         feeds = layer_inputs.calibration_feeds(model, ctx.data, samples=self.samples, batch=16)
         options = {"bits": self.bits, "block": self.block, "symmetric": self.symmetric, "clip": self.clip}
-        if self.algorithm == "awq":
-            return {}, weight_algorithms.run_awq(model, matmuls, feeds, **options)
-        return weight_algorithms.run_gptq(model, matmuls, feeds, act_order=self.act_order, **options)
+        awq_stats = {}
+        if "awq" in self.algorithm:  # before GPTQ: its clipping would hide outliers GPTQ's grid choice weighs
+            awq_stats = weight_algorithms.run_awq(model, matmuls, feeds, **{**options, "clip": self.clip and
+                                                                             self.algorithm == "awq"})
+        if "gptq" not in self.algorithm:
+            return {}, awq_stats
+        blocks, gptq_stats = weight_algorithms.run_gptq(model, matmuls, feeds, act_order=self.act_order, **options)
+        return blocks, {**awq_stats, **gptq_stats}
 
     def _eligible_matmul(self, node: gs.Node, patterns: list) -> bool:
         """The MatMuls the loop in :meth:`run` quantizes (same conditions)."""

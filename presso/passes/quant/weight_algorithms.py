@@ -5,12 +5,12 @@ by the activation they read (Q, K and V share one). Then:
 
 * ``gptq``: sequential, layer group by layer group in graph order: the inputs of a group are
   measured on a working copy in which every earlier group already computes with its rounded
-  weights, so each layer compensates the error of the layers before it too (the paper's
-  setting). Returns the packed blocks of every MatMul; the model itself is not changed here.
+  weights, so each layer is rounded for the inputs it will really see (the paper's setting). Returns the packed blocks of every MatMul; the model itself is not changed here.
 * ``awq``: one run of the float model measures every group's inputs; each group's scale is
   searched (:func:`awq.search_scale`) and applied to the model (:func:`awq.apply_scale`). The
   caller then rounds the scaled weights with round-to-nearest; nothing is returned.
 
+``awq+gptq`` applies AWQ's scales first (without its clipping), then rounds with GPTQ.
 With ``clip`` (both), each block's grid is chosen by :mod:`.clip_search` on the layer's
 calibration inputs instead of from its largest weight (AWQ's ``auto_clip``).
 """
@@ -41,7 +41,7 @@ def groups_by_input(model: Model, matmuls: Sequence[gs.Node]) -> list[tuple[gs.V
 
 
 def run_gptq(model: Model, matmuls: Sequence[gs.Node], feeds: list[dict], *, bits: int, block: int,
-             symmetric: bool, act_order: bool, clip: bool, progress=None) -> tuple[dict[str, nbits.Blocks], dict]:
+             symmetric: bool, act_order: bool, clip: bool) -> tuple[dict[str, nbits.Blocks], dict]:
     """{MatMul name: its GPTQ blocks}, and statistics, for ``matmuls`` of ``model``."""
     working = model.copy()
     by_name = {n.name: n for n in working.graph.nodes}
@@ -57,8 +57,6 @@ def run_gptq(model: Model, matmuls: Sequence[gs.Node], feeds: list[dict], *, bit
             twin = by_name[node.name]
             twin.inputs[1] = add_initializer(working, f"{node.inputs[1].name}_gptq", dequantized)
         working.invalidate()
-        if progress is not None:
-            progress(len(nodes))
     rows = int(sum(len(next(iter(f.values()))) for f in feeds))
     return result, {"calibration_samples": rows}
 

@@ -80,15 +80,16 @@ def test_gptq_round_compensates_error_on_correlated_inputs():
     np.testing.assert_array_equal(blocks.scales, nbits.quantize_blocks(w, 4, 32, True).scales)
 
 
-@pytest.mark.parametrize("act_order", [False, True])
-def test_gptq_pass_beats_round_to_nearest_and_runs_in_onnxruntime(act_order):
+@pytest.mark.parametrize("options", ["algorithm=gptq,act_order=false", "algorithm=gptq", "algorithm=awq+gptq"])
+def test_gptq_pass_beats_round_to_nearest_and_runs_in_onnxruntime(options):
     proto, _, _ = matmul_chain()
     calib = {"x": correlated_inputs(256, 64, seed=1)}
     test = {"x": correlated_inputs(200, 64, seed=2)}
     expected = reference(proto, test)["y"]
-    gptq_model, stats = quantize(proto, f"quantize-weights{{algorithm=gptq,act_order={str(act_order).lower()}}}", calib)
+    gptq_model, stats = quantize(proto, f"quantize-weights{{{options}}}", calib)
     rtn_model, _ = quantize(proto, "quantize-weights")
-    assert stats["matmuls"] == 2 and {n.op for n in gptq_model.graph.nodes} == {"MatMulNBits", "Relu"}
+    ops = {n.op for n in gptq_model.graph.nodes}
+    assert stats["matmuls"] == 2 and {"MatMulNBits", "Relu"} <= ops <= {"MatMulNBits", "Relu", "Mul"}
     gptq_error = relative_error(expected, evaluate(gptq_model, test)["y"])
     rtn_error = relative_error(expected, evaluate(rtn_model, test)["y"])
     assert gptq_error < 0.85 * rtn_error, (gptq_error, rtn_error)
