@@ -218,10 +218,6 @@ def test_quantized_pad_with_axes_runs_under_onnxruntime_optimizations(mode):
     assert np.abs(y - want).max() < 0.1 * np.abs(want).max()
 
 
-@pytest.mark.xfail(strict=True, reason="onnx.version_converter asserts (ir.h replaceInputWith) when the adapter of an "
-                   "op whose output an If body reads rewrites that op (LogSoftmax 11→13); upgrade-opset refuses, "
-                   "and so does insert-qdq, whose prepare step upgrades the opset. cleanup/upgrade_opset.py, left "
-                   "to its owner.")
 def test_upgrade_opset_converts_an_op_whose_output_an_if_body_reads():
     """Fuzzed graph 50030 (opset 11: LogSoftmax → … → If whose branches read it): refused on
     about 2 graphs in 1000."""
