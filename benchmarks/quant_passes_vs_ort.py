@@ -7,11 +7,10 @@ quantization wall time and file size relative to the float model, for Presso and
 (QDQ, per-channel int8 weights, uint8 activations). Both get the same prepared float model
 (ORT's own pre-processing crashes on PP-OCR cls) and the same 64 calibration samples.
 """
-import numpy as np, time, sys, os, tempfile
-import onnxruntime as ort
+import time, sys, os, tempfile
 from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType, CalibrationMethod
 import presso
-from presso.ir import load, evaluate, save, create_session
+from presso.ir import load, save, create_session
 from presso.passes import PassManager
 from presso.tools import zoo
 which = sys.argv[1]

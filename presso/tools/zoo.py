@@ -16,10 +16,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..ir.errors import PressoError
+
+if TYPE_CHECKING:  # onnx is imported where the encoder is built
+    import onnx
 
 LIGHT_MODELS = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
                 "shufflenet", "squeezenet", "vgg19", "zfnet512")
@@ -261,7 +265,7 @@ def minilm_model() -> Path:
     return path
 
 
-def _build_bert_encoder(weights: dict[str, np.ndarray], config: dict) -> "onnx.ModelProto":
+def _build_bert_encoder(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
     """A BERT encoder with mean pooling and L2 normalization, written with ``onnx.helper``.
 
     Post-LayerNorm layers: self-attention (heads of ``hidden / heads`` values, padding masked

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir.edit import producer
+from ...ir import Model
+from ...ir.edit import batch_names, producer
 
 
 def const_value(tensor: gs.Tensor) -> np.ndarray | None:
@@ -47,3 +50,18 @@ def only_consumer(tensor: gs.Tensor, model) -> gs.Node | None:
 
 def close(value: float | None, want: float, tol: float = 1e-5) -> bool:
     return value is not None and abs(value - want) <= tol * max(1.0, abs(want))
+
+
+def rewrite_each(model: Model, ops: tuple[str, ...], rewrite: Callable[[gs.Node], bool]) -> int:
+    """Call ``rewrite(node)`` on every node of the ``ops`` types that still has outputs (an
+    earlier rewrite may have consumed it); returns how many it rewrote. Names are batched, and
+    a graph that changed is cleaned up and sorted again."""
+    count = 0
+    with batch_names(model):
+        for node in model.nodes(*ops):
+            if node.outputs and rewrite(node):
+                count += 1
+    if count:
+        model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        model.invalidate()
+    return count

@@ -10,7 +10,7 @@ from ...ir import Model
 from ...ir.edit import add_initializer, batch_names, detach_node, replace_all_uses, unique_name
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
-from ._match import close, const_value, only_consumer, other_input, scalar
+from ._match import close, const_value, only_consumer, other_input, rewrite_each, scalar
 
 
 @register_pass("fuse-hardswish")
@@ -29,13 +29,7 @@ class FuseHardSwish(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         if model.opset < 14:
             return PassResult(changed=False, stats={"fused": 0, "skipped": "opset < 14"})
-        fused = 0
-        with batch_names(model):
-            for clip in model.nodes("Clip", "HardSigmoid"):
-                if clip.outputs and self._fuse(model, clip):
-                    fused += 1
-        if fused:
-            model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        fused = rewrite_each(model, ("Clip", "HardSigmoid"), lambda gate: self._fuse(model, gate))
         return PassResult(changed=bool(fused), stats={"fused": fused})
 
     def _fuse(self, model: Model, gate: gs.Node) -> bool:

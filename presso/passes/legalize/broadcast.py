@@ -11,7 +11,7 @@ from ...ir.analysis.shapes import infer_tensor_infos
 from ...ir.edit import add_initializer, batch_names, replace_all_uses, unique_name
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
-from ._match import const_value
+from ._match import const_value, rewrite_each
 
 _BROADCASTING = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Less", "Greater", "Pow", "Where")
 
@@ -42,14 +42,7 @@ class OneHotToGather(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         infos = infer_tensor_infos(model)
-        rewritten = 0
-        with batch_names(model):
-            for matmul in model.nodes("MatMul"):
-                if matmul.outputs and self._rewrite(model, matmul, infos):
-                    rewritten += 1
-        if rewritten:
-            model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            model.invalidate()
+        rewritten = rewrite_each(model, ("MatMul",), lambda matmul: self._rewrite(model, matmul, infos))
         return PassResult(changed=bool(rewritten), stats={"rewritten": rewritten})
 
     def _rewrite(self, model: Model, matmul: gs.Node, infos) -> bool:

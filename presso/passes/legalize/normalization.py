@@ -17,7 +17,7 @@ from ...ir.analysis.shapes import infer_tensor_infos
 from ...ir.edit import add_initializer, batch_names, replace_all_uses, unique_name
 from ..base import Pass, PassContext, PassResult
 from ..registry import register_pass
-from ._match import close, const_value, scalar
+from ._match import close, const_value, rewrite_each, scalar
 
 # Ops that only move or broadcast values: a statistic seen through them is the same statistic.
 _SHAPE_OPS = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity")
@@ -135,14 +135,7 @@ class FuseLayerNorm(Pass):
         if model.opset < 17:
             return PassResult(changed=False, stats={"fused": 0, "skipped": "opset < 17"})
         infos = infer_tensor_infos(model)
-        fused = 0
-        with batch_names(model):
-            for sub in model.nodes("Sub"):
-                if sub.outputs and self._fuse(model, sub, infos):
-                    fused += 1
-        if fused:
-            model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            model.invalidate()
+        fused = rewrite_each(model, ("Sub",), lambda sub: self._fuse(model, sub, infos))
         return PassResult(changed=bool(fused), stats={"fused": fused})
 
     def _fuse(self, model: Model, sub: gs.Node, infos) -> bool:
@@ -247,14 +240,7 @@ class FuseSoftmax(Pass):
         if model.opset < 13:
             return PassResult(changed=False, stats={"fused": 0, "skipped": "opset < 13"})
         infos = infer_tensor_infos(model)
-        fused = 0
-        with batch_names(model):
-            for div in model.nodes("Div"):
-                if div.outputs and self._fuse(model, div, infos):
-                    fused += 1
-        if fused:
-            model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            model.invalidate()
+        fused = rewrite_each(model, ("Div",), lambda div: self._fuse(model, div, infos))
         return PassResult(changed=bool(fused), stats={"fused": fused})
 
     def _fuse(self, model: Model, div: gs.Node, infos) -> bool:
