@@ -231,3 +231,28 @@ def test_upgrade_opset_converts_an_op_whose_output_an_if_body_reads():
     PassManager.parse("upgrade-opset{version=17}").run(model, progress=False)
     assert model.opset == 17
     np.testing.assert_allclose(reference(model.to_proto(), {"x": x})["y"], reference(proto, {"x": x})["y"], rtol=1e-6)
+
+
+def test_calibrate_requantizes_a_bias_whose_weight_has_one_scale_for_every_channel():
+    """Fuzzed graph 502543 (opset 18): the Conv weight is also added to the activations, so it
+    gets one per-tensor scale, while the bias that bias-correction gives the Conv has one scale
+    per channel; requantizing that bias for a new input scale failed to reshape."""
+    rng = np.random.default_rng(3)
+    constant = lambda name: helper.make_node(  # noqa: E731
+        "Constant", [], [name], value=onnx.numpy_helper.from_array(rng.standard_normal((2, 1, 3)).astype(np.float32)))
+    nodes = [constant("wa"), constant("wb"),
+             helper.make_node("Add", ["wa", "wb"], ["w"]),
+             helper.make_node("Add", ["w", "x"], ["a"]),
+             helper.make_node("BatchNormalization", ["a", "g", "b", "m", "v"], ["n"], epsilon=1e-3),
+             helper.make_node("Conv", ["n", "w"], ["c"], kernel_shape=[3], strides=[2], auto_pad="VALID"),
+             helper.make_node("LeakyRelu", ["c"], ["l"]),
+             helper.make_node("Softmax", ["l"], ["y"], axis=2)]
+    stats = [init(name, np.array([value], np.float32)) for name, value in
+             (("g", 1.2), ("b", 0.1), ("m", 0.05), ("v", 0.9))]
+    proto = make_proto(nodes, [vi("x", [2, 1, 3])], [vi("y", [2, 2, 1])], stats, opset=18)
+    data = [{"x": rng.standard_normal((2, 1, 3)).astype(np.float32)} for _ in range(8)]
+    model = load(proto)
+    PassManager.parse("insert-qdq{scheme=int8-symmetric},calibrate{method=auto},fold-qdq").run(
+        model, data=data, progress=False)
+    expected = reference(proto, data[0])["y"]
+    assert np.max(np.abs(reference(model.to_proto(), data[0])["y"] - expected)) < 0.2

@@ -527,7 +527,9 @@ def _requantize_biases(model: Model, links: list[dict], log: list[str]) -> int:
 def _bias_int32(link: dict, s_in) -> tuple[np.ndarray, np.ndarray]:
     """(scale, int32 values) of a linked bias for the input scale ``s_in``."""
     old = np.asarray(link["scale"].values)
-    scale = (np.asarray(s_in, np.float64).reshape(()) * link["s_w"].ravel()).astype(old.dtype).reshape(old.shape)
+    product = np.asarray(s_in, np.float64).reshape(()) * link["s_w"].ravel()
+    # a per-tensor weight scale (one value) serves every channel of a per-channel bias
+    scale = np.broadcast_to(product, old.shape).astype(old.dtype)
     q = quantize(link["values"].astype(old.dtype), scale, np.zeros(scale.shape, np.int32), "int32",
                  link["axis"] if scale.ndim else None)
     return scale, q
