@@ -36,6 +36,25 @@ def _quantized_reshape_read_by_if_body() -> onnx.ModelProto:
     return make_proto(nodes, [vi("x", [1, 2, 3, 3])], [vi("y", [1, 36])], inits, opset=16)
 
 
+def _quantized_transpose_expand_read_by_if_body() -> onnx.ModelProto:
+    """Conv → Transpose → Expand, whose output feeds a ReduceSum (→ If condition) and both
+    branches: onnxruntime walks the DQ through Transpose *and* Expand (fuzzed graph 501080)."""
+    rng = np.random.default_rng(0)
+    then = helper.make_graph([helper.make_node("Tanh", ["r"], ["t"])], "then", [], [vi("t", [1, 4, 3, 3])])
+    other = helper.make_graph([helper.make_node("Neg", ["r"], ["e"])], "else", [], [vi("e", [1, 4, 3, 3])])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c"], ["tc"], perm=[0, 1, 3, 2]),
+        helper.make_node("Expand", ["tc", "shape"], ["r"]),
+        helper.make_node("ReduceSum", ["r"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+    ]
+    inits = [init("w", rng.standard_normal((4, 2, 3, 3)).astype(np.float32)),
+             init("shape", np.array([1, 4, 3, 3], np.int64)), init("zero", np.array(0.0, np.float32))]
+    return make_proto(nodes, [vi("x", [1, 2, 3, 3])], [vi("y", [1, 4, 3, 3])], inits, opset=16)
+
+
 _LOAD_WITH_BASIC_OPTIMIZATIONS = """
 import sys, onnxruntime as ort
 options = ort.SessionOptions()
@@ -44,12 +63,13 @@ ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
 """
 
 
-def test_insert_qdq_writes_no_dq_that_onnxruntime_propagates_into_an_if_body(tmp_path):
+@pytest.mark.parametrize("build", [_quantized_reshape_read_by_if_body, _quantized_transpose_expand_read_by_if_body])
+def test_insert_qdq_writes_no_dq_that_onnxruntime_propagates_into_an_if_body(build, tmp_path):
     """onnxruntime 1.32's QDQPropagationTransformer (basic optimizations and up) aborts the
     process when it moves a DQ through a Reshape whose output an If body also reads. Fuzzed
     graph 1076 (opset 16: Resize → Q/DQ → Reshape → ReduceSum → Greater → If reading the
     Reshape) crashed `fold-qdq`'s load check; insert-qdq now leaves that tensor in float."""
-    proto = _quantized_reshape_read_by_if_body()
+    proto = build()
     x = np.random.default_rng(1).standard_normal((1, 2, 3, 3)).astype(np.float32)
     model = load(proto)
     data = [{"x": np.random.default_rng(i).standard_normal((1, 2, 3, 3)).astype(np.float32)} for i in range(4)]

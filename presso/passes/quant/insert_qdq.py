@@ -46,7 +46,7 @@ _FLOAT_MATH_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceSumSquare", "S
 # onnxruntime's QDQPropagationTransformer (on from the basic optimization level) copies a DQ
 # forward through these ops, and aborts the whole process (a C++ assertion, onnxruntime 1.32)
 # when a tensor it walks to is also read inside an If/Loop/Scan body (an implicit input).
-_ORT_DQ_PROPAGATING = {"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"}
+_ORT_DQ_PROPAGATING = {"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Expand"}
 
 
 def _subgraph_reads(graph: gs.Graph) -> set[str]:
