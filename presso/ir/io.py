@@ -307,7 +307,7 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
         _atomic_write_external(proto, weights, path, path.name + ".data", check)
     else:
         _fill_stubs(proto, weights)
-        _atomic_write_bytes(path, proto.SerializeToString(), check)
+        atomic_write_bytes(path, proto.SerializeToString(), check)
     return path
 
 
@@ -340,7 +340,9 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _atomic_write_bytes(path: Path, payload: bytes, check: Callable[[Path], None] | None = None) -> None:
+def atomic_write_bytes(path: Path, payload: bytes, check: Callable[[Path], None] | None = None) -> None:
+    """Write ``payload`` to a hidden temporary file beside ``path``, run ``check`` on it (which
+    raises to refuse it), then rename it into place; nothing is left behind on failure."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

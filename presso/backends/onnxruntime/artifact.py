@@ -146,11 +146,16 @@ class OrtArtifact(Artifact):
 
     @classmethod
     def load(cls, folder: Path, manifest: dict[str, Any]) -> OrtArtifact:
-        model_file = folder / manifest.get("files", {}).get("model", MODEL_FILE)
-        if not model_file.is_file():
-            raise BackendError(f"the artifact's model file '{model_file.name}' is missing", where=str(folder),
-                               hint="recompile with `presso compile`")
+        require_model_file(folder, manifest)
         return cls(manifest, folder=folder)
+
+
+def require_model_file(folder: Path, manifest: dict[str, Any]) -> None:
+    """Raise :class:`BackendError` when the artifact folder lacks the model its manifest names."""
+    model_file = folder / manifest.get("files", {}).get("model", MODEL_FILE)
+    if not model_file.is_file():
+        raise BackendError(f"the artifact's model file '{model_file.name}' is missing", where=str(folder),
+                           hint="recompile with `presso compile`")
 
 
 def _keep_optimized(path: Path) -> bool:

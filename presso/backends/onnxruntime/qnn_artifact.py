@@ -18,16 +18,16 @@ import numpy as np
 import onnx
 
 from ...ir import DataSource, Model, random_feeds
-from ...ir.io import _atomic_write_bytes
+from ...ir.io import atomic_write_bytes
 from ...ir.validate import validate_written_model
 from ...ir.analysis.shapes import dynamic_inputs, fix_input_shapes
 from ...ir.errors import BackendError, CalibrationError, PressoError
 from ..artifact import Artifact, base_manifest, write_manifest
 from ..target import Target
+from .artifact import MODEL_FILE, require_model_file
 from .int8_form import is_quantized
 from .qnn import QnnSupport, captured_output, open_qnn_session, qnn_device, qnn_support, session_options
 
-MODEL_FILE = "model.onnx"
 
 
 def compile_qnn(model: Model, target: Target, *, shapes: Mapping[str, Sequence[int]] | None = None,
@@ -208,7 +208,7 @@ class QnnArtifact(Artifact):
 
         # graphsurgeon cannot hold the EPContext node's binary attribute, so the proto goes
         # through io's atomic writer directly, with the same checks as presso.ir.save.
-        _atomic_write_bytes(path, context.SerializeToString(), check)
+        atomic_write_bytes(path, context.SerializeToString(), check)
         self.manifest["files"] = {"model": MODEL_FILE}
         self.manifest["sizes"] = {"model": path.stat().st_size}
         write_manifest(folder, self.manifest)
@@ -217,10 +217,7 @@ class QnnArtifact(Artifact):
 
     @classmethod
     def load(cls, folder: Path, manifest: dict[str, Any]) -> QnnArtifact:
-        model_file = folder / manifest.get("files", {}).get("model", MODEL_FILE)
-        if not model_file.is_file():
-            raise BackendError(f"the artifact's model file '{model_file.name}' is missing", where=str(folder),
-                               hint="recompile with `presso compile`")
+        require_model_file(folder, manifest)
         return cls(manifest, folder=folder)
 
 
