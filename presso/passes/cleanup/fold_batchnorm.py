@@ -54,7 +54,7 @@ class FoldBatchNorm(Pass):
             producer, add_bias = _foldable_producer(model, bn, scale.shape[0])
             # BN(h + b) = scale·h + (scale·b + shift): the Add in between folds too
             fold_shift = shift if add_bias is None else shift + scale * add_bias
-            if producer is not None and _fold_into(model, producer, bn, scale, fold_shift):
+            if producer is not None and fold_into_linear(model, producer, bn, scale, fold_shift):
                 folded[producer.op] += 1
             elif self.standalone and _to_affine(model, bn, scale, shift):
                 folded["to_mul_add"] += 1
@@ -87,29 +87,29 @@ def _foldable_producer(model: Model, bn: gs.Node, channels: int) -> tuple[gs.Nod
     Exporters such as Paddle2ONNX write a bias-free ConvTranspose (or Conv) followed by an
     Add of a [1, C, 1, 1] constant; that Add folds into the bias along with the BN.
     """
-    producer = _sole_producer(model, bn.inputs[0])
+    producer = sole_producer(model, bn.inputs[0])
     if producer is not None and producer.op == "Add":
         a, b = producer.inputs
         tensor, const = (a, b) if isinstance(b, gs.Constant) else (b, a)
         rank = len(bn.inputs[0].shape) if bn.inputs[0].shape is not None else None
-        bias = _per_channel(const, channels, rank) if isinstance(const, gs.Constant) else None
-        linear = _sole_producer(model, tensor) if bias is not None and not isinstance(tensor, gs.Constant) else None
-        if linear is not None and _is_foldable_linear(linear):
+        bias = per_channel_vector(const, channels, rank) if isinstance(const, gs.Constant) else None
+        linear = sole_producer(model, tensor) if bias is not None and not isinstance(tensor, gs.Constant) else None
+        if linear is not None and is_foldable_linear(linear):
             return linear, bias
         return None, None
-    if producer is not None and _is_foldable_linear(producer):
+    if producer is not None and is_foldable_linear(producer):
         return producer, None
     return None, None
 
 
-def _sole_producer(model: Model, x: gs.Tensor) -> gs.Node | None:
+def sole_producer(model: Model, x: gs.Tensor) -> gs.Node | None:
     """The node producing ``x`` when only one node reads ``x`` and it is no graph output."""
     if len(x.inputs) != 1 or len(x.outputs) != 1 or any(t is x for t in model.graph.outputs):
         return None
     return x.inputs[0]
 
 
-def _is_foldable_linear(producer: gs.Node) -> bool:
+def is_foldable_linear(producer: gs.Node) -> bool:
     if producer.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(producer.inputs) < 2:
         return False
     if not isinstance(producer.inputs[1], gs.Constant):
@@ -121,7 +121,7 @@ def _is_foldable_linear(producer: gs.Node) -> bool:
     return True
 
 
-def _per_channel(const: gs.Constant, channels: int, rank: int | None) -> np.ndarray | None:
+def per_channel_vector(const: gs.Constant, channels: int, rank: int | None) -> np.ndarray | None:
     """``const`` as a length-``channels`` vector if it broadcasts along axis 1 only, else None."""
     values = np.asarray(const.values, dtype=np.float64)
     if rank is None or values.ndim > rank:
@@ -132,7 +132,9 @@ def _per_channel(const: gs.Constant, channels: int, rank: int | None) -> np.ndar
     return np.broadcast_to(values.reshape(-1), (channels,)).copy()
 
 
-def _fold_into(model: Model, producer: gs.Node, bn: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+def fold_into_linear(model: Model, producer: gs.Node, bn: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+    """Fold ``bn`` (any node computing ``scale·h + shift`` per output channel of ``h``, the
+    producer's only output) into the producer's weights and bias; False if the shapes don't fit."""
     weight = producer.inputs[1]
     w = np.asarray(weight.values)
     channels = scale.shape[0]
@@ -149,7 +151,7 @@ def _fold_into(model: Model, producer: gs.Node, bn: gs.Node, scale: np.ndarray, 
         factor = scale.reshape(group, 1, w.shape[1], *([1] * (w.ndim - 2)))
         new_w = (grouped * factor).reshape(w.shape)
     elif op == "Gemm":
-        if bn.inputs[0].shape is not None and len(bn.inputs[0].shape) != 2:
+        if producer.outputs[0].shape is not None and len(producer.outputs[0].shape) != 2:
             return False
         if float(producer.attrs.get("alpha", 1.0)) != 1.0 or float(producer.attrs.get("beta", 1.0)) != 1.0:
             return False
@@ -160,7 +162,7 @@ def _fold_into(model: Model, producer: gs.Node, bn: gs.Node, scale: np.ndarray, 
     else:  # MatMul: BN's channel axis 1 is MatMul's last axis only for rank-2 outputs
         if w.ndim != 2 or w.shape[1] != channels:
             return False
-        out_shape = bn.inputs[0].shape
+        out_shape = producer.outputs[0].shape
         if out_shape is None or len(out_shape) != 2:
             return False
         new_w = w * scale.reshape(1, -1)

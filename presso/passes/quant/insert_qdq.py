@@ -19,6 +19,7 @@ from ...ir.errors import PassError
 from ...ir.subgraphs import bodies
 from ..base import Pass, PassContext, PassResult
 from ..cleanup.constants_to_initializers import ConstantsToInitializers
+from ..cleanup.fold_affine import FoldAffine
 from ..cleanup.fold_batchnorm import FoldBatchNorm
 from ..cleanup.fold_constants import FoldConstants
 from ..cleanup.remove_identity import RemoveIdentity
@@ -245,7 +246,7 @@ def quantizable_in_bodies(model: Model, scheme: QuantScheme) -> int:
 def _prepare(model: Model, ctx: PassContext, scheme: QuantScheme) -> dict[str, int]:
     """Make the model quantizable with the cleanup passes (all semantics-preserving); a target
     with its own ``prepare`` pipeline (the QNN HTP's rewrites) runs that one first."""
-    steps = [ConstantsToInitializers(), FoldConstants(), FoldBatchNorm(), RemoveIdentity(),
+    steps = [ConstantsToInitializers(), FoldConstants(), FoldBatchNorm(), FoldAffine(), RemoveIdentity(),
              UpgradeOpset(version=max(scheme.min_opset, model.opset))]
     target_prepare = getattr(ctx.target, "prepare", "") if ctx is not None else ""
     if target_prepare:
