@@ -21,8 +21,11 @@ from .ir import (
 from .ir.analysis.summary import summarize as inspect
 from .passes import Pass, PassContext, PassManager, PassResult, register_pass
 from .api import quantize
+from . import analyze  # noqa: E402  (presso.analyze.sensitivity)
 from .backends import compile, load_artifact  # noqa: E402  (after passes: targets use schemes)
 from .backends.benchmark import bench
+from .report import report  # the function; its package is presso/report/
+from .search import search  # the function; its package is presso/search/ (Ray and Optuna load when it runs)
 
 __version__ = "0.1.0"
 
@@ -33,3 +36,5 @@ __all__ = [
 ]
 __all__ += ["bench", "compile", "load_artifact"]
 __all__ += ["quantize"]
+__all__ += ["report"]
+__all__ += ["search"]

@@ -33,6 +33,9 @@ def quantize(
     progress: bool = True,
     verify: bool = False,
     report: bool = False,
+    max_drop: float | None = None,
+    metric: Any = "top1",
+    latency: str | None = None,
     **insert_options: Any,
 ) -> Model | tuple[Model, PipelineReport]:
     """Post-training static quantization: ``insert-qdq`` → ``calibrate`` → ``bias-correction`` → ``fold-qdq``.
@@ -61,6 +64,10 @@ def quantize(
     that calibration measured (PP-OCR cls under onnxruntime's fused int8 kernels: 0.705 → 0.825
     top-1 agreement with float on 200 rendered images, percentile 99.99). Extra keyword
     arguments go to ``insert-qdq`` (``weights``, ``activations``, ``per_channel``, ``ops``, …).
+    ``max_drop`` (e.g. 0.01) with ``metric`` (``top1``, ``iou``, ``cosine``, ``nn``, ``mse`` or a
+    callable) and ``latency="measure"`` run ``mixed-precision`` before folding: the fewest layers
+    kept in higher precision to stay within the drop (verified on ``validation`` when given),
+    and float wherever the int8 kernel is not faster (see ``quant.mixed_precision``).
     Returns the quantized model (and the pipeline report with ``report=True``).
     """
     model = load(model) if isinstance(model, (str, os.PathLike)) else model.copy()
@@ -76,6 +83,11 @@ def quantize(
                         candidates=candidates, bias_correction=bias_correction)]
     if bias_correction:
         passes.append(BiasCorrection(samples=samples, batch=batch))
+    if max_drop is not None or latency not in (None, "none"):
+        from .passes.quant.mixed_precision import MixedPrecision
+
+        passes.append(MixedPrecision(max_drop=max_drop, metric=metric, latency=latency or "none",
+                                     validation=validation))
     if fold:
         passes.append(FoldQDQ(qoperator=qoperator))
     result = PassManager(passes, verify=verify).run(model, data=data, ctx=ctx)

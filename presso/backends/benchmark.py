@@ -35,10 +35,11 @@ class BenchRow:
     size_bytes: int
     latency: dict[str, dict[str, float]] = field(default_factory=dict)  # "threads=1" -> median/p90 ms
     agreement: dict[str, float | None] = field(default_factory=dict)  # max_abs, cosine, top1
+    board: dict[str, Any] | None = None  # a microcontroller artifact: flash, RAM, instructions (mcu/report.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "size_bytes": self.size_bytes, "latency": self.latency,
-                "agreement": self.agreement}
+                "agreement": self.agreement, **({"board": self.board} if self.board else {})}
 
 
 @dataclass
@@ -90,7 +91,13 @@ class BenchReport:
         text = format_table(headers, rows, align=align)
         footer = f"{self.samples} sample(s) for agreement, {self.runs} interleaved runs per model for latency; " \
                  f"ratios against '{self.baseline.name}'"
-        return "\n".join([text, footer, *(f"note: {n}" for n in self.notes)])
+        boards = []
+        for row in self.rows:
+            if row.board:
+                from .mcu.report import board_bench_lines
+
+                boards += board_bench_lines(row.name, row.board)
+        return "\n".join([text, footer, *boards, *(f"note: {n}" for n in self.notes)])
 
 
 # ---- the models being compared ---------------------------------------------------------------
@@ -101,8 +108,15 @@ class _Subject:
     artifact: Any = None  # other artifacts run through Artifact.run (thread count is theirs)
     size_bytes: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    board_runs: list | None = None  # a microcontroller artifact's per-run records (instructions, stack)
 
     def runner(self, threads: int | None):
+        if self.board_runs is not None:
+            def run_on_board(feed):
+                values = self.artifact.run(feed)
+                self.board_runs.extend(self.artifact.last_runs)
+                return values
+            return run_on_board
         if self.model is not None:
             session = create_session(self.model.to_proto(), optimization="all", threads=threads,
                                      providers=self.providers)
@@ -130,6 +144,9 @@ def _subject(item: Any, index: int, shapes: Mapping[str, Sequence[int]] | None) 
             elif artifact.backend == "onnxruntime":
                 model_file = path / artifact.manifest.get("files", {}).get("model", "model.onnx")
                 subject = _Subject(path.name, load(model_file), artifact=artifact, size_bytes=_file_size(model_file))
+            elif artifact.manifest.get("device") == "mcu":  # size: the model's flash on the board
+                subject = _Subject(path.name, None, artifact=artifact,
+                                   size_bytes=artifact.manifest.get("memory", {}).get("flash_bytes", 0), board_runs=[])
             else:  # a compiled library: what ships is every file of the folder but the manifest
                 deployed = sum(f.stat().st_size for f in path.rglob("*")
                                if f.is_file() and f.name != "manifest.json" and "tuning" not in f.parts)
@@ -201,10 +218,19 @@ def bench(models: Sequence[Any], data: Any = None, *, threads: Sequence[Threads]
         notes.append("artifacts of non-onnxruntime backends run with their own thread settings")
     reference: list[dict[str, np.ndarray]] | None = None
     for subject, row in zip(subjects, rows):
+        if subject.board_runs is not None:
+            subject.board_runs.clear()  # instructions and stack of the agreement samples only
         outputs = _outputs(subject, feeds)
         if reference is None:
             reference = outputs
         row.agreement = agreement(reference, outputs)
+        if subject.board_runs is not None:
+            from .mcu.report import board_bench_facts
+
+            row.board = board_bench_facts(subject.artifact, subject.board_runs, reference, outputs)
+    if any(s.board_runs is not None for s in subjects):
+        notes.append("microcontroller artifacts run in QEMU: their latency is the emulator's on this host, "
+                     "not the board's; size is the model's flash; see the instruction counts")
     report = BenchReport(rows, [k for k in rows[0].latency], len(feeds), runs, notes)
     return report
 

@@ -121,7 +121,8 @@ QNN_HTP_SCHEME = QuantScheme(
 register_target(Target(
     name="qnn-htp", device="npu", isa="hexagon", backends=("onnxruntime",), scheme=QNN_HTP_SCHEME,
     variants=(("a16w8", QNN_HTP_SCHEME.with_(activations=TensorScheme("uint16", symmetric=False))),),
-    prepare=("static-shapes,constants-to-initializers,fold-constants,fold-batchnorm,remove-identity,upgrade-opset{version=17},"
+    prepare=("static-shapes,constants-to-initializers,fold-constants,fold-batchnorm,fold-affine,remove-identity,"
+             "upgrade-opset{version=17},"
              "onehot-to-gather,fuse-layernorm,fuse-gelu,fuse-softmax,remove-expand,max-to-clip,fuse-hardswish,"
              "expand-hardsigmoid,div-to-mul,fold-constants,eliminate-dead-code"),
     finish="drop-saturated-activations,share-table-qparams",
@@ -139,3 +140,21 @@ register_target(Target(
     tvm_target={"kind": "cuda"},
     description="NVIDIA GPU (onnxruntime CUDA execution provider, or TVM cuda)",
 ))
+# Arm Cortex-M microcontrollers: the model becomes a self-contained C library (integer kernels,
+# one static arena, const weights) built with arm-none-eabi-gcc and run on an emulated MPS2/MPS3
+# board in qemu-system-arm (presso/backends/mcu; the boards and memory maps are in boards.py).
+from .mcu.scheme import CORTEX_M_FINISH, CORTEX_M_PREPARE, CORTEX_M_SCHEME  # noqa: E402
+
+for _name, _isa, _features, _cpu, _board in (
+    ("cortex-m4", "armv7e-m", ("fpv4-sp", "dsp"), "Cortex-M4: FPv4 single-precision FPU, DSP", "mps2-an386"),
+    ("cortex-m7", "armv7e-m", ("fpv5-dp", "dsp"), "Cortex-M7: FPv5 double-precision FPU, DSP", "mps2-an500"),
+    ("cortex-m55", "armv8.1-m.main", ("fpv5-dp", "dsp", "helium"),
+     "Cortex-M55: FPv5 double-precision FPU, DSP, Helium (MVE)", "mps3-an547"),
+):
+    register_target(Target(
+        name=_name, device="mcu", isa=_isa, features=_features, backends=("tvm",), scheme=CORTEX_M_SCHEME,
+        prepare=CORTEX_M_PREPARE, finish=CORTEX_M_FINISH, static_shapes=True,
+        tvm_target={"kind": "c", "mcpu": _name},
+        install_hint="apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm",
+        description=f"Arm {_cpu}; int8 C library with one static arena, emulated on QEMU -M {_board}",
+    ))

@@ -231,5 +231,13 @@ class PassManager:
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
-            for k, v in options.items()}
+    scalar = (int, float, str, bool, type(None))
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value)):
+            return value
+        if isinstance(value, list):  # e.g. in-memory validation feeds: arrays do not go into the model
+            return f"<list of {len(value)} items>"
+        return str(value)
+
+    return {k: plain(v) for k, v in options.items()}

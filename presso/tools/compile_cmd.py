@@ -12,6 +12,7 @@ from ..backends import available_targets, compile, get_target
 from ..ir.errors import PressoError
 from ..ir.table import format_table, human_bytes
 from .common import add_examples, add_shape_option, load_model
+from .report_cmd import add_report_options, check_before_work, report_from_args
 
 EXAMPLES = (
     "presso compile zoo/ppocr-cls.onnx --target cpu-x86 --backend onnxruntime --shape x=1,3,48,192 "
@@ -51,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="qnn-htp: let nodes the NPU rejects run on the CPU instead of failing (listed in the manifest)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--list-targets", action="store_true", help="list the target profiles")
+    p.add_argument("--report", metavar="REPORT.html",
+                   help="also write an HTML report: IN.onnx against the artifact, measured on --data (see presso report)")
+    add_report_options(p, prefix="report-")
     add_shape_option(p)
     add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise PressoError("compile needs an input model and -o OUTDIR",
                           hint="usage: presso compile IN.onnx --target cpu-x86 --backend onnxruntime -o OUTDIR")
     target = get_target(args.target)  # fail on a typo before loading the model
+    if args.report:
+        check_before_work(args, args.report)
     model = load_model(args.input, args.shape)
     options = {}
     if args.backend == "onnxruntime":
@@ -73,10 +79,13 @@ def run(args: argparse.Namespace) -> int:
             options["allow_fallback"] = True
     elif args.backend == "tvm":
         options = dict(output=args.output, tune_trials=_tune_trials(args.tune), int8=args.int8)
+        if target.device == "mcu" and args.data:  # the sample the board's outputs are verified on
+            options["data"] = args.data
     for flag, value in (("--tune", args.tune), ("--int8", args.int8)):
         if value and args.backend != "tvm":
             raise PressoError(f"{flag} is a tvm option, not {args.backend}'s", hint="add --backend tvm")
-    if args.backend != "onnxruntime" and (args.data or args.threads or args.no_select_form):
+    if args.backend != "onnxruntime" and ((args.data and target.device != "mcu" and not args.report)
+                                          or args.threads or args.no_select_form):
         raise PressoError(f"--data, --threads and --no-select-form are onnxruntime options, not {args.backend}'s")
     fresh = not Path(args.output).exists()
     try:
@@ -86,9 +95,17 @@ def run(args: argparse.Namespace) -> int:
         if fresh:  # a failed compile leaves nothing behind (an existing folder keeps its tuning records)
             shutil.rmtree(args.output, ignore_errors=True)
         raise
+    if args.report:
+        report_from_args(args, model, artifact)
+        print(f"wrote {args.report}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         json.dump(artifact.manifest, sys.stdout, indent=2, default=str)
         print()
+        return 0
+    if artifact.manifest.get("device") == "mcu":
+        from ..backends.mcu.report import describe_artifact
+
+        print(describe_artifact(artifact.manifest, str(folder)))
         return 0
     print(summary(artifact.manifest, str(folder), real_data=bool(args.data)))
     qnn = artifact.manifest.get("qnn")

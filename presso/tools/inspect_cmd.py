@@ -26,6 +26,7 @@ EXAMPLES = (
     "presso inspect zoo/magika.onnx --prunable",
     "presso inspect zoo/ppocr-cls.onnx --shape x=1,3,48,192 --layers --dot cls.dot",
     "presso inspect zoo/ppocr-cls.onnx --size --json",
+    "presso inspect zoo/magika.onnx --sensitivity --data zoo/magika-calib.npz --metric top1 --samples 8",
     "presso inspect zoo/ppocr-cls.onnx --shape x=1,3,48,192 --target qnn-htp   # needs presso[npu]",
 )
 
@@ -50,7 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "dynamic axes need --shape)")
     p.add_argument("--target", metavar="NAME", default=None,
                    help="qnn-htp: list each node that would not run on the NPU, with QNN's reason, and the "
-                        "fraction that would (needs presso[npu]; give --shape for dynamic inputs)")
+                        "fraction that would (needs presso[npu]; give --shape for dynamic inputs); "
+                        "cortex-m4/m7/m55: whether the model fits the board's flash and RAM and which ops "
+                        "have no integer kernel")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="per quantizable layer: the metric drop and output SQNR when only it is int8 and when "
+                        "only it is float, weight/activation ranges and outliers (needs --data; cached)")
+    p.add_argument("--data", metavar="D", help="calibration and scoring data for --sensitivity (.npz or folder)")
+    p.add_argument("--metric", default="top1", help="--sensitivity metric: top1, iou, cosine, nn, mse or sqnr")
+    p.add_argument("--samples", type=int, default=32, help="--sensitivity: samples scored per layer (default 32)")
+    p.add_argument("--no-cache", action="store_true", help="--sensitivity: measure again, ignoring the cache")
     add_shape_option(p)
     add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
@@ -72,7 +82,18 @@ def run(args: argparse.Namespace) -> int:
         name, shape = next(iter(dynamic.items()))
         summary["shape_hint"] = shape_hint(name, shape)
     if args.target:
-        summary["npu"] = _npu_report(model, args.target)
+        from ..backends import get_target
+
+        if get_target(args.target).device == "mcu":  # fits the board? ops without an integer kernel?
+            from ..backends.mcu.report import fit_report
+
+            summary["mcu"] = fit_report(model, get_target(args.target))
+        else:
+            summary["npu"] = _npu_report(model, args.target)
+    if args.sensitivity:
+        from ..passes.quant.sensitivity import cli_sensitivity
+
+        summary["sensitivity"] = cli_sensitivity(model, args)
     if args.dot:
         write_dot(model, args.dot)
     if args.json:
@@ -84,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
         from ..backends.onnxruntime.qnn import render_npu_report
 
         print("\n" + "\n".join(render_npu_report(summary["npu"], args.target)))
+    if "mcu" in summary:
+        from ..backends.mcu.report import render_fit
+
+        print("\n" + "\n".join(render_fit(summary["mcu"])))
+    if "sensitivity" in summary:
+        from ..passes.quant.sensitivity import SensitivityReport
+
+        print("\n" + SensitivityReport.from_dict(summary["sensitivity"]).table())
     if args.dot:
         print(f"\nwrote {args.dot}  (render: dot -Tsvg {args.dot} -o graph.svg)")
     return 0

@@ -10,7 +10,7 @@ import sys
 from ..ir.errors import PressoError
 
 # Each module defines `register(subparsers)`, which adds its parser with `func=run`.
-SUBCOMMANDS = ("opt", "compile", "inspect", "bench", "demo", "zoo")
+SUBCOMMANDS = ("opt", "compile", "inspect", "bench", "demo", "zoo", "report", "search")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from ..ir.io import check_output_path, written_size
 from ..ir.table import format_table, human_bytes, human_count
 from ..passes import PassContext, PassManager, available_passes
 from .common import add_examples, add_shape_option, load_model
+from .report_cmd import add_report_options, check_before_work, report_from_args
 
 EXAMPLES = (
     'presso opt zoo/ppocr-cls.onnx --shape x=1,3,48,192 --verify -o cls-clean.onnx '
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--list-passes", action="store_true", help="list the available passes and their options")
+    p.add_argument("--report", metavar="REPORT.html",
+                   help="also write an HTML report of the run, measured on --data (see presso report)")
+    add_report_options(p, prefix="report-")
     add_shape_option(p)
     add_examples(p, EXAMPLES)
     p.set_defaults(func=run)
@@ -66,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                           hint="see `presso opt --list-passes` for the passes")
     if args.output:  # before any work: a missing folder or -o equal to the input fails now, not after the pipeline
         check_output_path(args.output, source=args.input)
+    if args.report:
+        check_before_work(args, args.report)
     target = None
     if args.target:
         from ..backends.target import get_target
@@ -84,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         save(model, args.output)
         after["size_bytes"] = written_size(args.output)
+    if args.report:
+        report_from_args(args, ctx.reference, model, pipeline=report)
     if args.json:
         json.dump({"passes": report.as_dict(), "before": before, "after": after, "output": args.output},
                   sys.stdout, indent=2, default=str)
@@ -96,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nwrote {args.output}")
     else:
         print("\n(no -o given: the result was not saved)")
+    if args.report:
+        print(f"wrote {args.report}")
     return 0
 
 

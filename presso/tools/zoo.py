@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..ir.cache import cache_dir  # noqa: F401  (zoo.cache_dir(): where built models are kept)
 from ..ir.errors import PressoError
 
 if TYPE_CHECKING:  # onnx is imported where the encoder is built
@@ -221,13 +222,6 @@ MINILM_MAX_LENGTH = 128
 
 def _minilm_zip() -> Path:
     return _package_dir(_MINILM_PACKAGE, "train") / "model.zip"
-
-
-def cache_dir() -> Path:
-    """Where built models are kept: ``$PRESSO_CACHE``, else ``$XDG_CACHE_HOME/presso`` (~/.cache)."""
-    if os.environ.get("PRESSO_CACHE"):
-        return Path(os.environ["PRESSO_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "presso"
 
 
 def minilm_weights() -> tuple[dict[str, np.ndarray], dict]:

@@ -38,7 +38,7 @@ CLEANUP = "constants-to-initializers,fold-constants,fold-batchnorm,remove-identi
 # Lossy pipelines: the written model must load and give finite outputs. prune-channels gets
 # small rounding so that the fuzzer's few channels are prunable at all.
 LOSSY = (
-    "insert-qdq,calibrate,fold-qdq",
+    "insert-qdq,calibrate{method=minmax},fold-qdq",  # one entry per calibration method (auto below)
     "insert-qdq,calibrate{method=mse},fold-qdq{qoperator=true}",
     "insert-qdq{scheme=a16w8},calibrate{method=percentile},fold-qdq",
     "insert-qdq{scheme=w4a8,per_channel=false},calibrate{method=entropy},bias-correction,fold-qdq",
@@ -51,10 +51,10 @@ LOSSY = (
     "compact{bias_scales=true}",
 )
 # Exact passes on a quantized graph: judged against the model that the prefix wrote.
-ON_QUANTIZED = (
-    "insert-qdq,calibrate | fold-qdq",
-    "insert-qdq,calibrate,fold-qdq | " + CLEANUP,
-    "insert-qdq,calibrate,fold-qdq | compact",
+ON_QUANTIZED = (  # minmax: the prefix only has to make a quantized graph, and auto would score 6 candidates
+    "insert-qdq,calibrate{method=minmax} | fold-qdq",
+    "insert-qdq,calibrate{method=minmax},fold-qdq | " + CLEANUP,
+    "insert-qdq,calibrate{method=minmax},fold-qdq | compact",
 )
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from presso.tools.main import SUBCOMMANDS, build_parser, main
 
-_SLOW = ("--backend tvm", "presso demo")
+_SLOW = ("--backend tvm", "presso demo", "--budget")  # --budget: a presso search
 
 
 def _examples():

@@ -46,6 +46,11 @@ class TVMBackend:
     def compile(self, model: Model, target: Target, *, shapes: Mapping[str, Sequence[int]] | None = None,
                 tune_trials: int = 0, output: str | Path | None = None, progress: bool = True,
                 int8: str | None = None, **options: Any) -> TVMArtifact:
+        if target.device == "mcu":  # Cortex-M: C kernels behind Presso's own glue (backends/mcu)
+            from ..mcu.backend import BACKEND as MCU_BACKEND
+
+            return MCU_BACKEND.compile(model, target, shapes=shapes, tune_trials=tune_trials, output=output,
+                                       progress=progress, int8=int8, **options)
         if options:
             raise BackendError(f"unknown option(s) for the tvm backend: {sorted(options)}",
                                hint="valid options: shapes, tune_trials, output, progress, int8")
@@ -96,6 +101,10 @@ class TVMBackend:
         return TVMArtifact(manifest, folder, executable=executable if native else None)
 
     def load(self, folder: Path, manifest: dict[str, Any]) -> TVMArtifact:
+        if manifest.get("device") == "mcu":
+            from ..mcu.backend import BACKEND as MCU_BACKEND
+
+            return MCU_BACKEND.load(folder, manifest)
         for key in ("inputs", "outputs", "device"):
             if key not in manifest:
                 raise BackendError(f"the TVM artifact's manifest has no '{key}'", where=str(folder),

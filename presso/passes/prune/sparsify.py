@@ -23,6 +23,7 @@ from ...ir.annotations import SparsitySpec
 from ...ir.edit import set_constant
 from ...ir.errors import PipelineError
 from ..base import Pass, PassContext, PassResult
+from ..cleanup.constants_to_initializers import ConstantsToInitializers
 from ..registry import register_pass
 from .dependency import node_label
 
@@ -79,10 +80,15 @@ class Sparsify(Pass):
             raise PipelineError(f"sparsify: keep='{self.keep}' is not a valid regex: {exc}") from None
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        # weights written as Constant nodes (Paddle exports: PP-OCR) are invisible until they are initializers
+        prepared = ConstantsToInitializers().run(model, ctx).changed
+        if prepared:
+            model.invalidate()
+            model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
         keep = self._keep
         layers, log = self._layers(model, keep)
         if not layers:
-            return PassResult(changed=False, stats={"layers": {}}, log=log + ["no weights to sparsify"])
+            return PassResult(changed=prepared, stats={"layers": {}}, log=log + ["no weights to sparsify"])
         if self.pattern == "unstructured":
             masks = self._unstructured(layers)
         else:
@@ -109,7 +115,7 @@ class Sparsify(Pass):
             zeros += int(mask.size - mask.sum())
         stats = {"layers": per_layer, "weights": total, "zeros": zeros,
                  "sparsity": round(zeros / total, 4) if total else 0.0}
-        return PassResult(changed=bool(masks), stats=stats, log=log)
+        return PassResult(changed=bool(masks) or prepared, stats=stats, log=log)
 
     def _layers(self, model: Model, keep) -> tuple[dict[str, tuple[gs.Node, gs.Constant, int]], list[str]]:
         layers, log, seen = {}, [], set()

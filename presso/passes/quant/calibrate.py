@@ -51,11 +51,11 @@ class Calibrate(Pass):
     per-sample extremes and, when a method needs it, a fixed-size histogram — memory grows with
     the number of tensors, never with the number of samples. Methods: ``minmax``,
     ``percentile`` (``percentile`` option), ``entropy`` (KL, TensorRT), ``mse``, ``mean-minmax``
-    (NNCF's default) and ``auto``. Tensors that feed a max-type reduction (MaxPool,
-    GlobalMaxPool, ReduceMax, ArgMax, TopK) always use min/max: clipping them would clip the
-    very values those ops select. Weights (and constant operands) get their scales from their
-    values (per channel where the Q/DQ has an axis); Conv/Gemm biases marked int32 are stored as
-    int32 with scale = input_scale × weight_scale.
+    (NNCF's default) and ``auto`` (the default, as in ``presso.quantize``). Tensors that feed a
+    max-type reduction (MaxPool, GlobalMaxPool, ReduceMax, ArgMax, TopK) always use min/max:
+    clipping them would clip the very values those ops select. Weights (and constant operands)
+    get their scales from their values (per channel where the Q/DQ has an axis); Conv/Gemm
+    biases marked int32 are stored as int32 with scale = input_scale × weight_scale.
 
     ``method=auto`` chooses by measurement. The same single pass yields the ranges of every
     ``candidates`` entry (default: minmax, mean-minmax, percentile:99.9, percentile:99.99,
@@ -98,7 +98,10 @@ class Calibrate(Pass):
     """
 
     needs_data = True
-    method: Method = "minmax"
+    # auto, as in presso.quantize: one default for both. With "insert-qdq,calibrate,fold-qdq" and 128
+    # calibration samples, top-1 agreement with float under the int8 kernels went from minmax's 0.700 to
+    # 0.793 on PP-OCR cls (400 images) and from 0.845 to 0.918 on magika (600 files).
+    method: Method = "auto"
     percentile: float = 99.99
     candidates: list[str] | None = None
     holdout: float = 0.25

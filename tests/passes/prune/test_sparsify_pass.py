@@ -117,3 +117,17 @@ def test_bad_options():
         parse_pipeline("sparsify{pattern=3:4}")
     with pytest.raises(PipelineError, match="regex"):
         parse_pipeline("sparsify{keep=*x}")
+
+
+def test_weights_written_as_constant_nodes_are_sparsified_too():
+    # Paddle exports (PP-OCR) write every weight as a Constant node, not an initializer
+    proto = layers_model().to_proto()
+    graph = proto.graph
+    for tensor in list(graph.initializer):
+        graph.node.insert(0, onnx.helper.make_node("Constant", [], [tensor.name], value=tensor))
+    del graph.initializer[:]
+    model = load(proto)
+    assert model.nodes("Constant")
+    result = run(model, "sparsify{pattern=2:4}")
+    assert result.stats["sparsity"] == 0.5 and not model.nodes("Constant")
+    assert all(np.count_nonzero(w == 0) == w.size // 2 for _, w, _ in weights(model))
