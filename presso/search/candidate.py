@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -96,16 +95,10 @@ def time_artifact(folder: str, feed_path: str, runs: int, warmup: int) -> dict[s
         artifact = artifact.with_threads(1)
     with np.load(feed_path) as data:
         feed = {name: data[name] for name in data.files}
-    for _ in range(warmup):
-        artifact.run(feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        artifact.run(feed)
-        times.append((time.perf_counter() - start) * 1000)
+    stats = artifact.benchmark(feed, warmup=warmup, runs=runs)
     # the minimum too: on a machine that other work shares, it is the run least disturbed by it
-    return {"latency_ms": round(float(np.median(times)), 4), "latency_p90_ms": round(float(np.percentile(times, 90)), 4),
-            "latency_min_ms": round(float(np.min(times)), 4)}
+    return {"latency_ms": round(stats.median_ms, 4), "latency_p90_ms": round(stats.p90_ms, 4),
+            "latency_min_ms": round(stats.min_ms, 4)}
 
 
 def _plain(value: Any) -> Any:
