@@ -106,11 +106,13 @@ def magika_case(eval_count: int) -> Case:
                 [{name: feats[i:i + 1]} for i in range(len(feats))])
 
 
-def light_cases(eval_count: int) -> list[Case]:
+def light_cases(eval_count: int, only: str | None = None) -> list[Case]:
     from presso.tools import zoo
 
     cases = []
     for name, path in zoo.iter_light_models():
+        if only and name != only:
+            continue
         model = presso.load(path)
         spec = model.graph.inputs[0]
         shape = [d if isinstance(d, int) else 1 for d in spec.shape]
@@ -231,7 +233,8 @@ def render(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits,cls,magika,light", help="comma list: digits,cls,magika,light")
+    parser.add_argument("--models", default="digits,cls,magika,light",
+                        help="comma list: digits,cls,magika,light (all light models) or light-NAME (one)")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--eval", type=int, default=32, help="evaluation samples per model (default 32)")
     parser.add_argument("--epochs", type=int, default=15, help="digits: training epochs")
@@ -251,8 +254,11 @@ def main(argv=None) -> int:
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     rows, notes = [], []
     for name in wanted:
-        cases = {"digits": lambda: [digits_case(args.eval, args.epochs)], "cls": lambda: [cls_case(args.eval)],
-                 "magika": lambda: [magika_case(args.eval)], "light": lambda: light_cases(min(args.eval, 4))}[name]()
+        if name.startswith("light-"):
+            cases = light_cases(min(args.eval, 4), only=name.removeprefix("light-"))
+        else:
+            cases = {"digits": lambda: [digits_case(args.eval, args.epochs)], "cls": lambda: [cls_case(args.eval)],
+                     "magika": lambda: [magika_case(args.eval)], "light": lambda: light_cases(min(args.eval, 4))}[name]()
         for case in cases:
             started = time.perf_counter()
             case_rows = measure(case, targets, args.timeout)

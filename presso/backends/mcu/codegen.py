@@ -38,7 +38,7 @@ _KERNELS_FILE = Path(__file__).with_name("kernels") / "int8_kernels.c"
 _DEPENDS = {"conv": ["requant"], "conv1x1": ["requant"], "dense": ["requant"], "matmul": ["requant"],
             "mul": ["requant"], "mean": ["requant"], "avgpool": ["requant"], "concat": ["requant"]}
 _SECTION_ORDER = ["requant", "conv", "conv1x1", "dense", "matmul", "add", "mul", "lut", "mean", "avgpool",
-                  "maxpool", "softmax", "concat", "gather", "copy", "gather_rows", "layernorm"]
+                  "maxpool", "softmax", "concat", "gather", "copy", "gather_rows", "layernorm", "lrn"]
 
 
 @dataclass(frozen=True)
@@ -281,6 +281,11 @@ class _Writer:
                     self.const("s", p["shift"], "int32_t"), self.const("b", p["beta_q16"], "int32_t"), p["zy"], p["lo"],
                     p["hi"]]
             return [comment, f"    presso_layernorm({', '.join(map(str, args))});"]
+        if k == "lrn":
+            self.use("lrn", "LRN")
+            args = [x, y, p["C"], p["inner"], p["before"], p["after"], p["zx"], self.const("t", p["table"], "int32_t"),
+                    p["gbits"], p["zy"], p["lo"], p["hi"]]
+            return [comment, f"    presso_lrn({', '.join(map(str, args))});"]
         if k in ("transpose", "slice"):
             self.use("gather", "Transpose/Slice")
             shape, strides = list(p["shape"]), list(p["in_strides"])

@@ -143,6 +143,8 @@ def run_op(op: Op, inputs: list[np.ndarray], program: Program) -> list[np.ndarra
         y = p["table"][idx]
     elif k == "layernorm":
         y = _layernorm(x, p)
+    elif k == "lrn":
+        y = _lrn(x, p)
     else:
         raise NotImplementedError(k)
     return [np.asarray(y).reshape(out_t[0].shape).astype(np.int32 if out_t[0].dtype == "int32" else np.int8)]
@@ -166,6 +168,24 @@ def _layernorm(x: np.ndarray, p: dict) -> np.ndarray:
         val = ((q16 * mult + (np.int64(1) << (shift - 1))) >> shift) + p["beta_q16"]
         out[r] = np.clip(((val + 32768) >> 16) + p["zy"], p["lo"], p["hi"])
     return out
+
+
+def _lrn(x: np.ndarray, p: dict) -> np.ndarray:
+    C = p["C"]
+    v = x.reshape(C, p["inner"]).astype(np.int64) - p["zx"]
+    sq = np.concatenate([np.zeros((1, v.shape[1]), np.int64), np.cumsum(v * v, axis=0)])
+    c = np.arange(C)
+    total = sq[np.minimum(C, c + p["after"] + 1)] - sq[np.maximum(0, c - p["before"])]
+    # grid index: exact below 32, then 32 points per octave; linear interpolation between points
+    octave = np.maximum(5, np.floor(np.log2(np.maximum(total, 1))).astype(np.int64))
+    step = octave - 5
+    index = np.where(total < 32, total, 32 + (octave - 5) * 32 + ((total >> step) & 31))
+    frac = np.where(total < 32, 0, total & ((np.int64(1) << step) - 1))
+    table = p["table"].astype(np.int64)
+    g = table[index] + (((table[index + 1] - table[index]) * frac) >> step)
+    gbits = p["gbits"]
+    y = ((v * g + (np.int64(1) << (gbits - 1))) >> gbits) + p["zy"]
+    return np.clip(y, p["lo"], p["hi"]).astype(np.int8)
 
 
 def run_program(program: Program, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:

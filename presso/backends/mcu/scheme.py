@@ -18,7 +18,7 @@ CORTEX_M_OPS = (
     "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish",
     "Tanh", "Gelu", "Erf", "Exp", "Sqrt", "Neg", "Abs", "Elu", "Softmax", "LayerNormalization",
-    "ReduceMean", "Gather", "GlobalMaxPool",
+    "ReduceMean", "Gather", "GlobalMaxPool", "LRN",
 )
 
 # LUT functions: Q(f(DQ(x))) for every int8 x, computed at compile time.

@@ -161,6 +161,23 @@ def misc_net(seed: int = 0) -> Model:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
 
 
+def lrn_net(seed: int = 0) -> Model:
+    """AlexNet/GoogLeNet-style local response normalisation between convolutions (two window
+    sizes, non-default alpha/beta/bias)."""
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    inits = {"w1": (rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(f), "w2": (rng.standard_normal((6, 8, 1, 1)) * 0.4).astype(f)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("LRN", ["r1"], ["n1"], size=5, alpha=0.002, beta=0.75, bias=1.0),
+        helper.make_node("Conv", ["n1", "w2"], ["c2"]),
+        helper.make_node("LRN", ["c2"], ["y"], size=3, alpha=0.01, beta=0.5, bias=2.0),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 7, 9])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 7, 9])], inits)
+
+
 def random_conv_chain(seed: int) -> Model:
     """Five convolutions with random kernel sizes, strides, paddings (often asymmetric),
     dilations and groups (plain, grouped, depthwise), each followed by a random activation."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mcu_host import GCC, build, run
-from mcu_models import (calibration, conv_net, embed_net, index_calibration, misc_net, mlp, ort_int8,
+from mcu_models import (calibration, conv_net, embed_net, index_calibration, lrn_net, misc_net, mlp, ort_int8,
                         per_op_steps, quantize, random_conv_chain)
 
 from presso.backends.mcu.codegen import generate_c_library
@@ -48,7 +48,7 @@ def _check(qmodel, lib, exe, feeds) -> tuple[list[int], dict[str, int]]:
     return steps, per_op
 
 
-@pytest.mark.parametrize("build_model", [conv_net, mlp, misc_net])
+@pytest.mark.parametrize("build_model", [conv_net, mlp, misc_net, lrn_net])
 def test_synthetic_models_match_onnxruntime(build_model, tmp_path):
     f = build_model()
     q = quantize(f, calibration(f))

@@ -110,7 +110,7 @@ def test_op_left_in_float_is_reported_once_as_the_cause():
     w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-         helper.make_node("LRN", ["c1"], ["n1"], size=3, name="lrn"),
+         helper.make_node("LpNormalization", ["c1"], ["n1"], axis=1, name="lpnorm"),
          helper.make_node("Conv", ["n1", "w"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
          helper.make_node("Relu", ["c2"], ["y"], name="relu")],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
@@ -118,5 +118,5 @@ def test_op_left_in_float_is_reported_once_as_the_cause():
         [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.reshape(-1))])
     f = Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     problems = unsupported_nodes(quantize(f, calibration(f)))
-    assert [(name, op) for name, op, _ in problems] == [("lrn", "LRN")], problems
-    assert "no integer kernel for LRN" in problems[0][2]
+    assert [(name, op) for name, op, _ in problems] == [("lpnorm", "LpNormalization")], problems
+    assert "no integer kernel for LpNormalization" in problems[0][2]

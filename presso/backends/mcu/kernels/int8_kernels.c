@@ -387,3 +387,36 @@ static void presso_layernorm(const int8_t *x, int8_t *y, int rows, int n, int32_
         }
     }
 }
+
+/* @kernel lrn */
+/* LRN across channels (NCHW, batch 1). With v = x - zx and S the sum of v^2 over the window
+ * [c - before, c + after], y = zy + v * g(S) / 2^gbits, where g is tabulated exactly for
+ * S < 32 and at 32 points per octave above, and interpolated linearly in between. */
+static void presso_lrn(const int8_t *x, int8_t *y, int C, int inner, int before, int after, int32_t zx,
+                       const int32_t *table, int32_t gbits, int32_t zy, int32_t lo, int32_t hi)
+{
+    int c, i, j;
+    for (i = 0; i < inner; ++i) {
+        for (c = 0; c < C; ++c) {
+            const int first = c - before < 0 ? 0 : c - before;
+            const int last = c + after >= C ? C - 1 : c + after;
+            int32_t total = 0, index, step = 0, frac = 0;
+            int64_t g, v;
+            for (j = first; j <= last; ++j) {
+                const int32_t d = (int32_t)x[(long)j * inner + i] - zx;
+                total += d * d;
+            }
+            if (total < 32) {
+                index = total;
+            } else {
+                step = 26 - __builtin_clz((uint32_t)total); /* octave - 5 */
+                index = 32 + step * 32 + ((total >> step) & 31);
+                frac = total & ((1 << step) - 1);
+            }
+            g = table[index] + (((int64_t)(table[index + 1] - table[index]) * frac) >> step);
+            v = (int64_t)((int32_t)x[(long)c * inner + i] - zx) * g;
+            v = ((v + ((int64_t)1 << (gbits - 1))) >> gbits) + zy;
+            y[(long)c * inner + i] = (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+        }
+    }
+}
