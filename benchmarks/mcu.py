@@ -140,9 +140,15 @@ def measure(case: Case, targets: list[str], timeout: float) -> list[dict]:
     except PressoError as exc:
         return [{"model": case.name, "target": t, "runs": f"no: quantize: {exc}"} for t in targets]
     reference = [evaluate(quantized, feed) for feed in case.evaluation]
+    # onnxruntime against itself: its reference (DQ → float op → Q) and its fused int8 kernels
+    fused = [evaluate(quantized, feed, optimization="all") for feed in case.evaluation]
     float_out = [evaluate(case.model, feed) for feed in case.evaluation] if case.classifier else None
     output = quantized.graph.outputs[0].name
     unsupported = None  # the kernels are the same for every board: one verdict serves all
+    try:
+        logit_steps = steps_before_softmax(quantized, case.evaluation)
+    except PressoError:
+        logit_steps = None  # the lowering fails; the compile below says why
     for target in targets:
         row = {"model": case.name, "target": target}
         rows.append(row)
@@ -166,8 +172,11 @@ def measure(case: Case, targets: list[str], timeout: float) -> list[dict]:
             row["runs"] = f"no: {exc}"
             continue
         row["runs"] = "yes"
+        row["logit_steps"] = logit_steps
         spec = next(s for s in artifact.manifest["outputs"] if s["name"] == output)
         ref = np.concatenate([r[output] for r in reference])
+        row["ort_self_steps"] = int(np.rint(np.abs(np.concatenate([r[output] for r in fused]) - ref).max()
+                                            / spec["scale"]))
         row["max_diff_steps"] = int(np.rint(np.abs(got[output].reshape(ref.shape) - ref).max() / spec["scale"]))
         row["within_one_step"] = float(np.mean(np.abs(got[output].reshape(ref.shape) - ref) <= spec["scale"] * 1.001))
         if float_out is not None:
@@ -190,6 +199,26 @@ def measure(case: Case, targets: list[str], timeout: float) -> list[dict]:
     return rows
 
 
+def steps_before_softmax(quantized: Model, feeds: list[dict[str, np.ndarray]]) -> int | None:
+    """Largest difference, in steps, at the input of the model's last Softmax (the logits) between
+    the integer program (the integer emulator, which the board matches bit for bit) and
+    onnxruntime: a Softmax turns one step of a logit into several steps of its output."""
+    from presso.backends.mcu import emulate, lower
+
+    program = lower.lower(quantized)
+    softmaxes = [op for op in program.ops if op.kind == "softmax"]
+    if not softmaxes:
+        return None
+    logits = softmaxes[-1].inputs[0]
+    worst = 0
+    for feed in feeds:
+        ins, _ = emulate.reference_int8(quantized, program, feed)
+        ours = emulate.run_program(program, ins)[logits].astype(int).ravel()
+        theirs = evaluate(quantized, feed, outputs=[program.model_tensor(logits)])[program.model_tensor(logits)]
+        worst = max(worst, int(np.abs(ours - theirs.astype(int).ravel()).max()))
+    return worst
+
+
 def render(rows: list[dict]) -> str:
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
@@ -197,18 +226,20 @@ def render(rows: list[dict]) -> str:
     table = []
     for r in rows:
         if r.get("runs") != "yes":
-            table.append([r["model"], r["target"], (r.get("runs") or "")[:70]] + [""] * 12)
+            table.append([r["model"], r["target"], (r.get("runs") or "")[:70]] + [""] * 14)
             continue
         accuracy = ("-" if r.get("accuracy_board") is None
                     else f"{100 * r['accuracy_board']:.1f}/{100 * r['accuracy_float']:.1f}%")
-        table.append([r["model"], r["target"], "yes", r["max_diff_steps"], f"{100 * r['within_one_step']:.2f}%",
+        table.append([r["model"], r["target"], "yes", r["max_diff_steps"],
+                      "-" if r.get("logit_steps") is None else r["logit_steps"], r["ort_self_steps"],
+                      f"{100 * r['within_one_step']:.2f}%",
                       pct(r.get("top1_vs_float")), pct(r.get("top1_qdq_vs_float")), accuracy, f"{r['arena']:,}",
                       f"{r['lower_bound']:,}", f"{r['arena_ratio']:.3f}",
                       f"{r['flash']:,}", f"{r['ram']:,} (+{r['io']:,} io)", f"{r['peak_stack']:,}",
                       f"{r['instructions']:,}"])
-    main = format_table(["model", "board", "runs", "max Δ steps", "≤1 step", "top-1 vs float", "ORT Q/DQ top-1",
+    main = format_table(["model", "board", "runs", "max Δ steps", "Δ logits", "ORT vs ORT", "≤1 step", "top-1 vs float", "ORT Q/DQ top-1",
                          "acc board/float", "arena B", "bound B", "ratio", "flash B", "RAM B", "stack B",
-                         "instr/inference"], table, align="llllrrrrrrrrrrr")
+                         "instr/inference"], table, align="llllllrrrrrrrrrrr")
     anchors = []
     for model in dict.fromkeys(r["model"] for r in rows):
         anchor = ANCHORS.get(model)
@@ -270,6 +301,11 @@ def main(argv=None) -> int:
     print(render(rows))
     for note in notes:
         print(f"note: {note}")
+    print("note: max Δ steps: the board against onnxruntime's reference execution of the same Q/DQ model "
+          "(DQ → float op → Q); ORT vs ORT: that reference against onnxruntime's own fused int8 kernels "
+          "(optimization level all): how far onnxruntime's two executions of one model disagree; Δ logits: "
+          "the same as max Δ steps at the input of the last Softmax, which turns one step of a logit into "
+          "several steps of a probability")
     print("note: light models use random inputs (no real data ships with them): no top-1 column; ≤1 step is the "
           "share of output elements within one quantization step of onnxruntime on the same Q/DQ model; "
           "ORT Q/DQ top-1: onnxruntime on the quantized model vs float (what quantization alone costs); acc: "
