@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="qnn-htp: list each node that would not run on the NPU, with QNN's reason, and the "
                         "fraction that would (needs presso[npu]; give --shape for dynamic inputs); "
                         "cortex-m4/m7/m55: whether the model fits the board's flash and RAM and which ops "
-                        "have no integer kernel")
+                        "have no integer kernel (give --shape for dynamic inputs)")
     p.add_argument("--sensitivity", action="store_true",
                    help="per quantizable layer: the metric drop and output SQNR when only it is int8 and when "
                         "only it is float, weight/activation ranges and outliers (needs --data; cached)")

@@ -6,10 +6,17 @@ there (a lookup table, an Add of same-shaped operands) writes in place, and a Co
 that dies at the Concat and keeps its quantization is written straight into its block of
 the Concat's output (no copy). A buffer holding a
 graph input is the caller's input pointer; one holding a single graph output (and no input)
-is the caller's output pointer; the rest are packed into one arena greedily (TFLite Micro's
-GreedyMemoryPlanner idea: largest first, each at the lowest offset that no buffer alive at the
-same time overlaps), in a few orders, first fit and best fit, plus seeded random perturbations
-while the arena is above 1.05× the lower bound; the smallest arena is kept.
+is the caller's output pointer; the rest are packed into one arena.
+
+Packing places buffers one at a time, each at the lowest offset (first fit) or in the
+tightest gap (best fit) that no buffer alive at the same time overlaps, in several orders:
+largest first (TFLite Micro's GreedyMemoryPlanner), most byte-steps first, longest-lived
+first, schedule order, and greedy by breadth (Pisarchyk & Lee, 2020). Each start is then
+improved by hill climbing on the order (a buffer that ends at the top of the arena moves
+ahead of a buffer that pushed it up; TVM's USMP hill climb also reorders around the buffer
+at the top, at random), and a seeded random walk from the best start continues while the
+arena is above the bound. The smallest arena is kept, so the plan is never larger than the
+best single heuristic (:func:`placements`) and is reproducible.
 
 The lower bound is the largest total size of arena buffers alive at one step: no placement
 can be smaller.
@@ -127,8 +134,10 @@ def plan_memory(program: Program) -> MemoryPlan:
             taken.add(r)
             seen.add(r)
 
+    nbytes = {name: t.nbytes for name, t in tensors.items() if t.data is None}  # built into buffers many times
+
     def build(inside: dict[str, tuple[str, int]]):
-        return _buffers(program, groups, inside, root, producer, last_use)
+        return _buffers(program, groups, inside, root, producer, last_use, nbytes)
 
     # each aliasing is kept only if it does not raise the liveness bound: it makes the Concat's
     # buffer live from the input's producer on, which costs where the input lived long
@@ -157,10 +166,10 @@ def plan_memory(program: Program) -> MemoryPlan:
 
 
 def _buffers(program: Program, groups: dict[str, list[str]], inside: dict[str, tuple[str, int]], root, producer,
-             last_use) -> tuple[list[Buffer], dict[str, int], dict[str, int], list[tuple[str, int]]]:
+             last_use, nbytes: dict[str, int]
+             ) -> tuple[list[Buffer], dict[str, int], dict[str, int], list[tuple[str, int]]]:
     """The buffers of a program: each group of byte-sharing tensors, with the groups written
     inside a Concat's output merged into that output's buffer at their offsets."""
-    tensors = program.tensors
     graph_inputs, graph_outputs = set(program.inputs), set(program.outputs)
 
     def container(r: str) -> tuple[str, int]:
@@ -185,14 +194,14 @@ def _buffers(program: Program, groups: dict[str, list[str]], inside: dict[str, t
         names = [n for n, _ in placed]
         first = min(-1 if n in graph_inputs else producer.get(n, -1) for n in names)
         last = max([end if n in graph_outputs else last_use.get(n, first) for n in names] + [first])
-        size = max(off + tensors[n].nbytes for n, off in placed)
+        size = max(off + nbytes[n] for n, off in placed)
         buf = Buffer(names, size, first, last)
         ins = [n for n in names if n in graph_inputs]
         outs = [n for n in names if n in graph_outputs]
         if ins:
             buf.kind, buf.port = "input", program.inputs.index(ins[0])
             copies.extend((o, program.outputs.index(o)) for o in outs)
-        elif len(outs) >= 1 and all(tensors[o].nbytes == size for o in outs[:1]):
+        elif len(outs) >= 1 and all(nbytes[o] == size for o in outs[:1]):
             buf.kind, buf.port = "output", program.outputs.index(outs[0])
             copies.extend((o, program.outputs.index(o)) for o in outs[1:])
         for n, off in placed:
@@ -213,48 +222,124 @@ def _lower_bound(buffers: list[Buffer], end: int) -> int:
 
 
 _ORDERS = (
-    lambda b: (-b.size, b.first),  # TFLite Micro's: largest first
-    lambda b: (-b.size * (b.last - b.first + 1), b.first),  # most byte-steps first
-    lambda b: (-(b.last - b.first), -b.size),  # longest-lived first
-    lambda b: (b.first, -b.size),  # in schedule order
+    ("size", lambda b: (-b.size, b.first)),  # TFLite Micro's: largest first
+    ("byte-steps", lambda b: (-b.size * (b.last - b.first + 1), b.first)),  # most size × lifetime first
+    ("lifetime", lambda b: (-(b.last - b.first), -b.size)),  # longest-lived first
+    ("first-use", lambda b: (b.first, -b.size)),  # in schedule order
 )
 
 
-def _pack(buffers: list[Buffer], lower_bound: int, *, tries: int = 64, seed: int = 0) -> tuple[list[int], int]:
-    """Offsets for ``buffers`` and the arena size: greedy placement (first fit and best fit) in
-    a few orders; while the best is above 1.05× the lower bound, orders perturbed at random
-    (seeded: the plan is reproducible) are tried too. The smallest arena wins."""
-    if not buffers:
-        return [], 0
+def placements(buffers: list[Buffer]) -> dict[str, tuple[list[int], int]]:
+    """Every single heuristic the packing starts from, as ``{name: (offsets, arena bytes)}``:
+    greedy placement, first fit and best fit, in each order of :data:`_ORDERS` and by breadth.
+    The plan is never larger than the smallest of these."""
+    sizes, conflicts = _sizes_and_conflicts(buffers)
+    return {f"{name}/{'best' if best_fit else 'first'}-fit": _greedy(order, sizes, conflicts, best_fit)
+            for name, order in _orders(buffers, sizes) for best_fit in (False, True)}
+
+
+def _sizes_and_conflicts(buffers: list[Buffer]) -> tuple[list[int], list[list[int]]]:
+    """Aligned sizes, and for each buffer the others alive at one of its steps."""
     sizes = [_aligned(b.size) for b in buffers]
-    conflicts = [[j for j, c in enumerate(buffers) if j != i and not (c.last < b.first or b.last < c.first)]
-                 for i, b in enumerate(buffers)]
-    best: tuple[list[int], int] | None = None
-    orders = [sorted(range(len(buffers)), key=lambda i, k=key: k(buffers[i])) for key in _ORDERS]
+    first = np.array([b.first for b in buffers])
+    last = np.array([b.last for b in buffers])
+    overlap = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
+    np.fill_diagonal(overlap, False)
+    return sizes, [np.flatnonzero(row).tolist() for row in overlap]
+
+
+def _orders(buffers: list[Buffer], sizes: list[int]) -> list[tuple[str, list[int]]]:
+    orders = [(name, sorted(range(len(buffers)), key=lambda i, k=key: k(buffers[i]))) for name, key in _ORDERS]
     # greedy by breadth (Pisarchyk & Lee, 2020): buffers alive at the busiest steps first
     first = min(b.first for b in buffers)
     live = np.zeros(max(b.last for b in buffers) - first + 1, np.int64)
     for b, size in zip(buffers, sizes, strict=True):
         live[b.first - first:b.last - first + 1] += size
     breadth = [int(live[b.first - first:b.last - first + 1].max()) for b in buffers]
-    orders.append(sorted(range(len(buffers)), key=lambda i: (-breadth[i], -sizes[i], buffers[i].first)))
-    for order in orders:
+    orders.append(("breadth", sorted(range(len(buffers)), key=lambda i: (-breadth[i], -sizes[i], buffers[i].first))))
+    return orders
+
+
+def _pack(buffers: list[Buffer], lower_bound: int, *, climb_tries: int = 300, walk_steps: int = 64,
+          seed: int = 0) -> tuple[list[int], int]:
+    """Offsets for ``buffers`` and the arena size. Each start of :func:`placements` is
+    improved by :func:`_climb`; then a seeded random walk from the best start: ``walk_steps``
+    times, nudge the walk's order, place it, climb from there (briefly). Stops as soon as the
+    arena reaches the lower bound; the smallest arena wins, and the same buffers always get
+    the same plan."""
+    if not buffers:
+        return [], 0
+    sizes, conflicts = _sizes_and_conflicts(buffers)
+    best: tuple[list[int], int] | None = None
+
+    def improve(order: list[int], best_fit: bool, tries: int) -> tuple[int, bool]:
+        """Place ``order``, climb from there, keep the result if it is the best so far;
+        (arena of the order as given, whether the bound is reached)."""
+        nonlocal best
+        offsets, total = _greedy(order, sizes, conflicts, best_fit)
+        placed = total
+        if total > lower_bound:
+            _, offsets, total = _climb(order, offsets, total, sizes, conflicts, best_fit, tries)
+        if best is None or total < best[1]:
+            best = (offsets, total)
+        return placed, best[1] <= lower_bound
+
+    walk: tuple[int, list[int], bool] | None = None  # (arena, order, best fit) of the best start
+    for _name, order in _orders(buffers, sizes):
         for best_fit in (False, True):
-            result = _greedy(order, sizes, conflicts, best_fit)
-            if best is None or result[1] < best[1]:
-                best = (result[0], result[1], order, best_fit)
+            placed, done = improve(order, best_fit, climb_tries)
+            if done:
+                return best
+            if walk is None or placed < walk[0]:
+                walk = (placed, order, best_fit)
     rng = np.random.default_rng(seed)
-    for _ in range(tries):
-        if best[1] <= 1.05 * lower_bound:
-            break
-        order = list(best[2])
+    for _ in range(walk_steps):
+        order = list(walk[1])
         for _swap in range(max(1, len(order) // 10)):  # nudge a tenth of the order
             i = int(rng.integers(0, len(order) - 1))
             order[i], order[i + 1] = order[i + 1], order[i]
-        result = _greedy(order, sizes, conflicts, best[3])
-        if result[1] < best[1]:
-            best = (result[0], result[1], order, best[3])
-    return best[0], best[1]
+        placed, done = improve(order, walk[2], climb_tries // 10)
+        if done:
+            break
+        if placed < walk[0]:
+            walk = (placed, order, walk[2])
+    return best
+
+
+def _climb(order: list[int], offsets: list[int], total: int, sizes: list[int], conflicts: list[list[int]],
+           best_fit: bool, max_tries: int) -> tuple[list[int], list[int], int]:
+    """Hill climbing on the placement order: a buffer that ends at the top of the arena was
+    pushed there by buffers placed before it, so move it ahead of one of them (the nearest
+    first, then to the front) and place again; keep the move when the arena shrinks, or stays
+    the same with fewer buffers reaching its top. Stops at a local optimum or after
+    ``max_tries`` placements."""
+
+    def score(offs: list[int], arena: int) -> tuple[int, int]:
+        return arena, sum(1 for i, off in enumerate(offs) if off + sizes[i] == arena)
+
+    current = score(offsets, total)
+    tries = 0
+    while tries < max_tries:
+        position = {buffer: k for k, buffer in enumerate(order)}
+        tops = sorted((i for i in order if offsets[i] + sizes[i] == total), key=position.__getitem__)
+        moved = False
+        for top in tops:
+            earlier = sorted((position[j] for j in conflicts[top] if position[j] < position[top]), reverse=True)
+            for at in [*earlier, 0]:
+                if tries >= max_tries:
+                    break
+                trial = order[:at] + [top] + [b for b in order[at:] if b != top]
+                trial_offsets, trial_total = _greedy(trial, sizes, conflicts, best_fit)
+                tries += 1
+                trial_score = score(trial_offsets, trial_total)
+                if trial_score < current:
+                    order, offsets, total, current, moved = trial, trial_offsets, trial_total, trial_score, True
+                    break
+            if moved:
+                break
+        if not moved:
+            break
+    return order, offsets, total
 
 
 def _greedy(order: list[int], sizes: list[int], conflicts: list[list[int]], best_fit: bool) -> tuple[list[int], int]:

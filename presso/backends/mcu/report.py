@@ -6,7 +6,10 @@ onnxruntime). :func:`fit_report` is ``presso inspect MODEL --target cortex-m4``:
 without an integer kernel and, for a quantized model, the real figures of the generated
 library (weights, arena) and — when the toolchain is installed — of the linked program
 against the board's flash and RAM. A float model gets an estimate (int8 weights, int8
-activations) and the advice to quantize it with the target's scheme.
+activations) and the advice to quantize it with the target's scheme. Activation sizes need
+static input shapes: for a model with a dynamic input (a symbolic batch) the report says so
+and how to fix them (``--shape NAME=…``) instead of an estimate from the tensors whose
+shapes happen to be known.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ...ir import Model
+from ...ir.analysis.batch import shape_hint
+from ...ir.analysis.shapes import dynamic_inputs
 from ...ir.errors import PressoError
 from ...ir.table import format_table, human_bytes
 from ..target import Target
@@ -110,9 +115,20 @@ def fit_report(model: Model, target: Target) -> dict[str, Any]:
     report: dict[str, Any] = {"target": target.name, "machine": board.machine,
                               "board_flash_bytes": board.flash_bytes, "board_ram_bytes": board.ram_bytes,
                               "weights_region_bytes": board.flash.size, "stack_reserve_bytes": board.stack_bytes}
-    if not is_quantized(model):
-        report.update(_float_estimate(model, board), quantized=False, unsupported=[],
+    quantized = is_quantized(model)
+    dynamic = dynamic_inputs(model)
+    if dynamic:  # activation sizes (the arena) and the integer kernels depend on every input dim
+        name, dims = next(iter(dynamic.items()))
+        shown = "of unknown rank" if dims is None else "×".join(map(str, dims))
+        needs = "the arena and the op check need" if quantized else "the arena estimate needs"
+        report["needs_shapes"] = f"{needs} static input shapes, and input '{name}' is {shown}: pass " \
+                                 f"{shape_hint(name, dims)}"
+    if not quantized:
+        report.update(_float_estimate(model, board, arena=not dynamic), quantized=False, unsupported=[],
                       advice=f'quantize it first: presso.quantize(model, data, target="{target.name}")')
+        return report
+    if dynamic:
+        report.update(quantized=True, fits=None)
         return report
     from .backend import checked_model, io_bytes
     from .codegen import generate_c_library, unsupported_nodes
@@ -143,7 +159,10 @@ def fit_report(model: Model, target: Target) -> dict[str, Any]:
     return report
 
 
-def _float_estimate(model: Model, board: Board) -> dict[str, Any]:
+def _float_estimate(model: Model, board: Board, *, arena: bool = True) -> dict[str, Any]:
+    """int8 weights and (with ``arena``: the model's input shapes are static) arena of a float
+    model once quantized. Without the arena, ``fits`` is False when the weights alone exceed
+    the flash, else None (unknown)."""
     from ...ir.analysis.summary import summarize
     from ...passes import PassContext, PassManager
 
@@ -163,9 +182,12 @@ def _float_estimate(model: Model, board: Board) -> dict[str, Any]:
     # int8 weights (biases, scales and multipliers add a few percent); int8 activations are a
     # quarter of float32's peak of simultaneously live tensors
     weights = params
-    arena = int(summary["peak_activation_bytes"]) // 4
-    return {"weight_bytes": weights, "arena_bytes": arena, "measured": "estimate for the int8 model",
-            "fits": weights <= board.flash.size and arena <= board.ram.size - board.stack_bytes}
+    if not arena:
+        return {"weight_bytes": weights, "measured": "estimate for the int8 model",
+                "fits": False if weights > board.flash.size else None}
+    arena_bytes = int(summary["peak_activation_bytes"]) // 4
+    return {"weight_bytes": weights, "arena_bytes": arena_bytes, "measured": "estimate for the int8 model",
+            "fits": weights <= board.flash.size and arena_bytes <= board.ram.size - board.stack_bytes}
 
 
 def _link(library, board: Board) -> dict[str, Any]:
@@ -195,19 +217,25 @@ def render_fit(report: dict[str, Any]) -> list[str]:
         lines.append(f"float model: {report['advice']}; then inspect the int8 model for the exact op check")
     if report.get("error"):
         lines.append(f"cannot generate the library: {report['error']}")
+    if report.get("needs_shapes"):
+        lines.append(f"not estimated: {report['needs_shapes']}")
     if report.get("unsupported"):
         rows = [[u["node"], u["op"], u["reason"]] for u in report["unsupported"]]
         lines += [f"{len(rows)} node(s) have no Cortex-M integer kernel:", format_table(["node", "op", "why"], rows)]
-    elif report.get("quantized") and not report.get("error"):
+    elif report.get("quantized") and not report.get("error") and not report.get("needs_shapes"):
         lines.append("every node has an integer kernel")
     if "memory" in report:
         lines += memory_lines(report["memory"])
-    elif "weight_bytes" in report:
+    elif "arena_bytes" in report:
         lines.append(f"weights {human_bytes(report['weight_bytes'])}, arena {human_bytes(report['arena_bytes'])} "
                      f"({report['measured']})")
+    elif "weight_bytes" in report:
+        lines.append(f"weights {human_bytes(report['weight_bytes'])} ({report['measured']}; arena not estimated)")
     if report.get("link") and report["link"] != "linked":
         lines.append(report["link"])
-    if "fits" in report:
+    if "fits" in report and report["fits"] is None:
+        lines.append("verdict: unknown until the input shapes are fixed (--shape, see above)")
+    elif "fits" in report:
         verdict = "fits" if report["fits"] else "does NOT fit"
         lines.append(f"verdict: the model {verdict} the {report['target']} board ({report['measured']})")
     return lines
